@@ -1,0 +1,46 @@
+# ecod-jobs: the two set-up commands are `make demo` and `make test`.
+# Each creates .venv and installs what it needs on a fresh machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv test lint demo bench slurm-up slurm-down clean
+
+help:
+	@echo "make demo   - run the demo batch on the embedded PostgreSQL"
+	@echo "make test   - lint and run the whole test suite (starts SLURM when root)"
+	@echo "make lint   - ruff and snakemake --lint"
+	@echo "make bench  - benchmarks (bench/results/latest.md)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,demo]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+slurm-up:
+	scripts/slurm-cluster up
+
+slurm-down:
+	scripts/slurm-cluster down
+
+# SLURM tests need root to start the single-node cluster; as another user they
+# skip (or fail under CI=true) unless a cluster is already up.
+test: $(STAMP) lint
+	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up; \
+	else echo "not root: not starting SLURM (scripts/slurm-cluster up needs root)"; fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo
+
+clean:
+	rm -rf $(VENV) .ecod_jobs .snakemake results .pytest_cache .ruff_cache

@@ -1,0 +1,19 @@
+"""PostgreSQL data layer: connections, schema migrations, bulk writes, batches."""
+
+from .batches import Batch, create_batch, get_batch, list_batches, require_batch, status_counts
+from .connection import ConnectionInfo, Database
+from .schema import LATEST_VERSION, current_version, init_schema
+
+__all__ = [
+    "LATEST_VERSION",
+    "Batch",
+    "ConnectionInfo",
+    "Database",
+    "create_batch",
+    "current_version",
+    "get_batch",
+    "init_schema",
+    "list_batches",
+    "require_batch",
+    "status_counts",
+]

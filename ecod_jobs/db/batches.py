@@ -1,0 +1,142 @@
+"""Batches and their items (``batch`` and ``process_status`` rows)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import sql
+
+from ..exceptions import ValidationError
+from ..items import ItemRow
+from .bulk import copy_rows
+from .connection import Database
+
+log = logging.getLogger(__name__)
+
+INITIAL_STAGE = "registered"
+# pyECOD's column widths: checked here so the user gets our message, not the server's.
+_LIMITS = {"batch_name": 100, "type": 20, "ref_version": 50, "current_stage": 50}
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: int
+    batch_name: str
+    base_path: str
+    type: str
+    ref_version: str
+    total_items: int
+    completed_items: int
+    status: str
+    created_at: datetime | None
+    completed_at: datetime | None
+
+    COLUMNS = (
+        "id",
+        "batch_name",
+        "base_path",
+        "type",
+        "ref_version",
+        "total_items",
+        "completed_items",
+        "status",
+        "created_at",
+        "completed_at",
+    )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Batch:
+        return cls(*row)
+
+
+def _check_length(field: str, value: str) -> None:
+    limit = _LIMITS[field]
+    if len(value) > limit:
+        raise ValidationError(
+            f"{field} {value[:40]!r}{'...' if len(value) > 40 else ''} is {len(value)} "
+            f"characters long: expected at most {limit}",
+            {"field": field},
+        )
+
+
+def create_batch(
+    db: Database,
+    name: str,
+    items: Sequence[ItemRow],
+    *,
+    batch_type: str = "generic",
+    base_path: str = "",
+    ref_version: str = "unspecified",
+    stage: str = INITIAL_STAGE,
+) -> int:
+    """Insert the batch and one pending ``process_status`` per item in one transaction."""
+    if not name.strip():
+        raise ValidationError("batch name must not be empty")
+    for field, value in (
+        ("batch_name", name),
+        ("type", batch_type),
+        ("ref_version", ref_version),
+        ("current_stage", stage),
+    ):
+        _check_length(field, value)
+    if not items:
+        raise ValidationError("a batch needs at least one item")
+    with db.transaction() as cur:
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (batch_name, base_path, type, ref_version, total_items,"
+                " completed_items, status) VALUES (%s, %s, %s, %s, %s, 0, 'created')"
+                " RETURNING id"
+            ).format(db.table("batch")),
+            (name, base_path, batch_type, ref_version, len(items)),
+        )
+        batch_id = int(cur.fetchone()[0])
+        copy_rows(
+            cur,
+            db.table("process_status"),
+            ("batch_id", "protein_id", "current_stage", "status", "is_representative", "relative_path"),
+            ((batch_id, it.protein_id, stage, "pending", it.is_representative, it.path) for it in items),
+        )
+    log.info("created batch %d %r with %d items", batch_id, name, len(items))
+    return batch_id
+
+
+def get_batch(db: Database, batch_id: int) -> Batch | None:
+    rows = db.query(
+        sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, Batch.COLUMNS)), db.table("batch")
+        ),
+        (batch_id,),
+    )
+    return Batch.from_row(rows[0]) if rows else None
+
+
+def require_batch(db: Database, batch_id: int) -> Batch:
+    batch = get_batch(db, batch_id)
+    if batch is None:
+        raise ValidationError(f"batch {batch_id} does not exist", {"batch_id": batch_id})
+    return batch
+
+
+def list_batches(db: Database) -> list[Batch]:
+    rows = db.query(
+        sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+            sql.SQL(", ").join(map(sql.Identifier, Batch.COLUMNS)), db.table("batch")
+        )
+    )
+    return [Batch.from_row(r) for r in rows]
+
+
+def status_counts(db: Database, batch_id: int) -> dict[str, int]:
+    """``process_status`` counts by status for one batch (index-only on batch_id, status)."""
+    rows = db.query(
+        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+            db.table("process_status")
+        ),
+        (batch_id,),
+    )
+    return {str(status): int(n) for status, n in rows}

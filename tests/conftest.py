@@ -1,0 +1,116 @@
+"""Shared fixtures: a real PostgreSQL (a scratch database per test) and the real SLURM cluster.
+
+PostgreSQL: ``$ECOD_TEST_DATABASE_URL`` (``.ci/run`` points it at the machine's
+server), else an embedded server started for the session. With ``CI=true`` a
+missing service fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def missing_service(message: str) -> None:
+    """Fail under CI (a missing service is a broken set-up), skip on a developer's machine."""
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: required)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Connection parameters of a server where tests may create databases."""
+    url = os.environ.get("ECOD_TEST_DATABASE_URL")
+    if url:
+        params = psycopg2.extensions.parse_dsn(url)
+        try:
+            psycopg2.connect(**params, connect_timeout=5).close()
+        except psycopg2.OperationalError as exc:
+            missing_service(f"ECOD_TEST_DATABASE_URL={url} is unreachable: {exc}")
+        return params
+    from ecod_jobs.db.connection import connection_info
+
+    data_dir = tmp_path_factory.mktemp("embedded") / "pgdata"
+    try:
+        info = connection_info(
+            {"database": {"embedded": True, "data_dir": str(data_dir), "database": "postgres"}}
+        )
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        missing_service(f"no ECOD_TEST_DATABASE_URL and the embedded server failed: {exc}")
+    return {"host": info.host, "port": str(info.port), "user": "postgres", "dbname": "postgres"}
+
+
+@pytest.fixture
+def scratch_db(pg_admin_params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A fresh database for one test; yields its ecod-jobs ``database`` config section."""
+    name = f"ecodtest_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(**pg_admin_params)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    section: dict[str, Any] = {
+        "host": pg_admin_params.get("host", "127.0.0.1"),
+        "port": int(pg_admin_params.get("port", 5432)),
+        "database": name,
+        "user": pg_admin_params.get("user", "postgres"),
+    }
+    if pg_admin_params.get("password"):
+        section["password"] = pg_admin_params["password"]
+    try:
+        yield section
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture
+def db_config(scratch_db: dict[str, Any]) -> dict[str, Any]:
+    """A full, valid configuration pointing at the scratch database."""
+    from ecod_jobs.config import from_mapping
+
+    return from_mapping(
+        {
+            "database": scratch_db,
+            "job_types": {"echo": {"command": "echo {item_id} {path}"}},
+        }
+    )
+
+
+@pytest.fixture
+def pg_conn(scratch_db: dict[str, Any]) -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(
+        host=scratch_db["host"],
+        port=scratch_db["port"],
+        dbname=scratch_db["database"],
+        user=scratch_db["user"],
+        password=scratch_db.get("password"),
+    )
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The real SLURM cluster from scripts/slurm-cluster, with accounting."""
+    if not shutil.which("sbatch"):
+        missing_service("SLURM is not installed (run: scripts/slurm-cluster up)")
+    status = subprocess.run([str(REPO / "scripts/slurm-cluster"), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        missing_service(
+            f"SLURM cluster is not up (scripts/slurm-cluster status):\n{status.stdout}{status.stderr}"
+        )
