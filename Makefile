@@ -18,7 +18,8 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,demo]"
+	# compat mode: a path entry, so Snakemake finds our logger plugin with pkgutil
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e ".[dev,demo]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -124,6 +124,131 @@ def cmd_batch_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+class ProgressBar:
+    """Items done of those planned, redrawn in place on a terminal, a line a minute otherwise."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_line = ""
+        self.last_time = 0.0
+
+    def __call__(self, counts: dict[str, int], planned: int) -> None:
+        import time
+
+        done = counts.get("success", 0) + counts.get("error", 0) + counts.get("skipped", 0)
+        width = 30
+        filled = int(width * done / planned) if planned else width
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{planned} items done,"
+            f" {counts.get('error', 0)} failed"
+        )
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + line)
+            self.stream.flush()
+        elif line != self.last_line and now - self.last_time >= 60:
+            self.stream.write(line + "\n")
+            self.last_time = now
+        self.last_line = line
+
+    def close(self) -> None:
+        if self.tty and self.last_line:
+            self.stream.write("\n")
+
+
+def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .runs import run_batch
+
+    bar = ProgressBar()
+    try:
+        result = run_batch(
+            args.batch,
+            profile=args.profile,
+            job_type=args.job_type,
+            retry_failed=args.retry_failed,
+            config_path=args.config,
+            dry_run=args.dry_run,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    if result.nothing_to_do:
+        print(
+            f"batch {args.batch}: nothing to do (no items need work"
+            f"{'' if args.retry_failed else '; --retry-failed reruns failed ones'})"
+        )
+        return 0
+    if result.dry_run:
+        print(
+            f"dry run: {result.planned_items} items would run; nothing was written"
+            f" (Snakemake's plan in {result.log_path})"
+        )
+        return 0 if result.returncode == 0 else 1
+    counts = result.by_status
+    print(
+        f"run {result.run_id}: {counts.get('success', 0)} succeeded, {counts.get('error', 0)} failed,"
+        f" {counts.get('processing', 0)} unfinished of {result.planned_items} items"
+    )
+    for item in result.failed_items[:20]:
+        print(f"  failed {item['process_id']} {item['path']}: {item['error']}")
+    if len(result.failed_items) > 20:
+        print(f"  ... and {len(result.failed_items) - 20} more (ecod-jobs status --batch {args.batch})")
+    if result.returncode != 0:
+        print(
+            f"ecod-jobs: the workflow did not finish cleanly (exit {result.returncode});"
+            f" log: {result.log_path}",
+            file=sys.stderr,
+        )
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .runs import batch_status
+
+    report = batch_status(Database(config), args.batch)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"batch {report['batch_id']} {report['name']!r}: {report['status']}, {report['total']} items")
+    for status, count in report["by_status"].items():
+        print(f"  {status:<11} {count:>9}")
+    jobs = report["jobs"]
+    print(f"jobs: {jobs['submitted']} submitted, {jobs['completed']} completed, {jobs['failed']} failed")
+    if report["failed_items"]:
+        print("failed items:")
+        for item in report["failed_items"][:20]:
+            print(f"  {item['process_id']} {item['path']}: {item['error']}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .sync import sync_batch
+
+    db = Database(config)
+    init_schema(db)
+    from .db import require_batch
+
+    require_batch(db, args.batch)
+    report = sync_batch(db, config, args.batch, args.job_type)
+    print(
+        f"batch {args.batch}: synced {report['runs']} runs, {report['chunks']} chunks,"
+        f" {report['settled']} item results; {report['done']}/{report['total']} items done"
+    )
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .runs import cancel_batch
+
+    report = cancel_batch(Database(config), config, args.batch)
+    print(
+        f"batch {args.batch}: stopped {len(report['signalled_runs'])} runs,"
+        f" cancelled {len(report['scancelled'])} SLURM jobs; {report['done']}/{report['total']} items done"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -173,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ref-version", help="ECOD reference version (default: pipeline.ref_version)")
     listing = add(batch_sub, "list", cmd_batch_list, "list batches")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = add(sub, "run", cmd_run, "run a batch's items needing work through the workflow")
+    run.add_argument("--batch", type=int, required=True, help="batch id")
+    run.add_argument("--profile", default="local", help="local, slurm or a profile directory (default local)")
+    run.add_argument("--job-type", help="job type (default: pipeline.default_job_type or the first)")
+    run.add_argument("--retry-failed", action="store_true", help="also rerun items with status 'error'")
+    run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
+
+    status = add(sub, "status", cmd_status, "counts by status, jobs, failed items of a batch")
+    status.add_argument("--batch", type=int, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sync = add(sub, "sync", cmd_sync, "rebuild the batch's database state from its result files")
+    sync.add_argument("--batch", type=int, required=True)
+    sync.add_argument("--job-type", help="only this job type")
+
+    cancel = add(sub, "cancel", cmd_cancel, "stop the batch's runs and cancel their jobs")
+    cancel.add_argument("--batch", type=int, required=True)
     return parser
 
 

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "default_memory": "4G",
         "default_time": "01:00:00",
         "output_root": "results",
+        "work_root": ".ecod_jobs/work",
         "item_timeout": 0,
         "ref_version": "unspecified",
     },
@@ -461,6 +462,7 @@ class JobTypeSpec:
     slurm_extra: str | None
     stage: str
     item_timeout: int
+    check_inputs: bool = True
 
     @property
     def mem_mb(self) -> int:
@@ -506,4 +508,5 @@ def job_type_spec(config: Mapping[str, Any], name: str | None = None) -> JobType
         slurm_extra=spec.get("slurm_extra", slurm.get("extra")),
         stage=str(spec.get("stage", name)),
         item_timeout=int(spec.get("item_timeout", pipeline.get("item_timeout", 0))),
+        check_inputs=bool(spec.get("check_inputs", True)),
     )

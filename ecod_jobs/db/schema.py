@@ -138,6 +138,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS job_item_process_idx ON {s}.job_item (process_id)",
         ),
     ),
+    Migration(
+        3,
+        "one job row per workflow run, chunk and attempt (idempotent sync)",
+        (
+            "CREATE UNIQUE INDEX IF NOT EXISTS job_run_chunk_attempt_key"
+            " ON {s}.job (run_id, chunk_id, attempt) WHERE run_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS ecod_jobs_run_batch_idx ON {s}.ecod_jobs_run (batch_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,135 @@
+"""Where a workflow run keeps its files: value objects shared by the Snakefile and Python.
+
+    {work_root}/batch_{batch_id}/{job_type}/runs/{run_id}/
+        plan.json                  the checkpoint's output: chunks and settings
+        chunks/{chunk}.jsonl       chunk manifests (one item per line)
+        results/{chunk}.jsonl      final per-item results (written atomically)
+        results/{chunk}.partial.jsonl   results appended as items finish
+        results/{chunk}.attempt-{n}.json  one per attempt: host, SLURM ids, start
+        logs/{chunk}.log           the items' stdout and stderr
+
+Nothing here touches PostgreSQL, so the Snakefile can use it at parse time on
+any node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK_RE = re.compile(r"^c[0-9]{5,}$")
+_ATTEMPT_RE = re.compile(r"\.attempt-([0-9]+)\.json$")
+
+
+def chunk_id(index: int) -> str:
+    """Deterministic, sortable chunk ids: c00000, c00001, ..."""
+    return f"c{index:05d}"
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """The work directory of one batch and job type (all its runs)."""
+
+    root: Path
+
+    @classmethod
+    def create(cls, work_root: str | os.PathLike[str], batch_id: int, job_type: str) -> BatchLayout:
+        return cls(Path(work_root) / f"batch_{batch_id}" / job_type)
+
+    def run(self, run_id: str) -> RunLayout:
+        return RunLayout(self.root / "runs" / run_id, run_id)
+
+    def runs(self) -> list[RunLayout]:
+        """All runs with a plan, oldest first."""
+        runs_dir = self.root / "runs"
+        if not runs_dir.is_dir():
+            return []
+        found = [self.run(p.name) for p in runs_dir.iterdir() if (p / "plan.json").exists()]
+        return sorted(found, key=lambda r: r.plan.stat().st_mtime)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    dir: Path
+    run_id: str
+
+    @property
+    def plan(self) -> Path:
+        return self.dir / "plan.json"
+
+    def manifest(self, chunk: str) -> Path:
+        return self.dir / "chunks" / f"{chunk}.jsonl"
+
+    def result(self, chunk: str) -> Path:
+        return self.dir / "results" / f"{chunk}.jsonl"
+
+    def partial(self, chunk: str) -> Path:
+        return self.dir / "results" / f"{chunk}.partial.jsonl"
+
+    def attempt_meta(self, chunk: str, attempt: int) -> Path:
+        return self.dir / "results" / f"{chunk}.attempt-{attempt}.json"
+
+    def attempts(self, chunk: str) -> dict[int, dict[str, Any]]:
+        """Every attempt's start record, by attempt number."""
+        found: dict[int, dict[str, Any]] = {}
+        results = self.dir / "results"
+        if not results.is_dir():
+            return found
+        for path in results.glob(f"{chunk}.attempt-*.json"):
+            match = _ATTEMPT_RE.search(path.name)
+            if match:
+                try:
+                    found[int(match.group(1))] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    found[int(match.group(1))] = {}
+        return dict(sorted(found.items()))
+
+    def log(self, chunk: str) -> Path:
+        return self.dir / "logs" / f"{chunk}.log"
+
+    def read_plan(self) -> dict[str, Any]:
+        return json.loads(self.plan.read_text())
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
+    """Write a whole file or nothing: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    return  # torn write: the process died mid-line
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        return

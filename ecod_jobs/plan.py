@@ -1,0 +1,184 @@
+"""Planning a run: pick the items that need work, cut them into chunks, record it all.
+
+Runs on the head node as the workflow's checkpoint (and from ``run_batch`` for
+the "nothing to do" check). One transaction selects the items (locking them),
+inserts one ``job`` row per chunk and its ``job_item`` rows with COPY, and moves
+the items to ``processing``. The manifests are written before the commit and
+``plan.json`` (the checkpoint's output) last, atomically: a crash leaves either
+no plan or a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from .config import JobTypeSpec, seconds_to_time, time_to_seconds
+from .db import Database, require_batch
+from .db.batches import Batch
+from .db.bulk import copy_rows
+from .layout import RunLayout, chunk_id, write_atomic, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+def statuses_needing_work(retry_failed: bool) -> list[str]:
+    return ["pending", "error"] if retry_failed else ["pending"]
+
+
+def output_dir_for(config: Mapping[str, Any], batch: Batch, job_type: str) -> Path:
+    """``{base_path}/{job_type}``, or ``{output_root}/batch_{id}/{job_type}`` without a base path."""
+    if batch.base_path:
+        return Path(batch.base_path) / job_type
+    root = Path(config["pipeline"].get("output_root", "results"))
+    return (root / f"batch_{batch.id}" / job_type).resolve()
+
+
+def resolve_item_path(relative_path: str | None, base_path: str) -> str:
+    path = relative_path or ""
+    if base_path and not os.path.isabs(path):
+        return os.path.join(base_path, path)
+    return os.path.abspath(path) if path else path
+
+
+def count_needing_work(db: Database, batch_id: int, retry_failed: bool) -> int:
+    rows = db.query(
+        sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s AND status = ANY(%s)").format(
+            db.table("process_status")
+        ),
+        (batch_id, statuses_needing_work(retry_failed)),
+    )
+    return int(rows[0][0])
+
+
+def plan_run(
+    db: Database,
+    config: Mapping[str, Any],
+    spec: JobTypeSpec,
+    batch_id: int,
+    layout: RunLayout,
+    *,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Plan the run into ``layout``; returns the plan (also written to ``plan.json``)."""
+    batch = require_batch(db, batch_id)
+    output_dir = output_dir_for(config, batch, spec.name)
+    statuses = statuses_needing_work(retry_failed)
+    ps = db.table("process_status")
+    with db.transaction() as cur:
+        # FOR UPDATE: a concurrent planner of the same batch waits, then sees 'processing'.
+        cur.execute(
+            sql.SQL(
+                "SELECT id, protein_id, relative_path FROM {} WHERE batch_id = %s AND status = ANY(%s)"
+                " ORDER BY id FOR UPDATE"
+            ).format(ps),
+            (batch_id, statuses),
+        )
+        rows = cur.fetchall()
+        chunks: list[dict[str, Any]] = []
+        for index, start in enumerate(range(0, len(rows), spec.batch_size)):
+            members = rows[start : start + spec.batch_size]
+            cid = chunk_id(index)
+            write_jsonl_atomic(
+                layout.manifest(cid),
+                [
+                    {
+                        "process_id": pid,
+                        "protein_id": prot,
+                        "path": resolve_item_path(rel, batch.base_path),
+                        "relative_path": rel,
+                    }
+                    for pid, prot, rel in members
+                ],
+            )
+            chunks.append({"chunk_id": cid, "items": len(members)})
+        if chunks:
+            job_ids = execute_values(
+                cur,
+                sql.SQL(
+                    "INSERT INTO {} (batch_id, job_type, status, items_count, run_id, chunk_id, attempt,"
+                    " req_mem_mb, req_time_seconds, updated_at) VALUES %s RETURNING id"
+                )
+                .format(db.table("job"))
+                .as_string(cur),
+                [
+                    (
+                        batch_id,
+                        spec.name,
+                        "submitted",
+                        c["items"],
+                        layout.run_id,
+                        c["chunk_id"],
+                        1,
+                        spec.mem_mb,
+                        time_to_seconds(spec.time),
+                    )
+                    for c in chunks
+                ],
+                template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+                fetch=True,
+                page_size=1000,
+            )
+            for chunk, (job_id,) in zip(chunks, job_ids, strict=True):
+                chunk["job_id"] = job_id
+
+            def job_items() -> Any:
+                for index, chunk in enumerate(chunks):
+                    for pid, _prot, _rel in rows[index * spec.batch_size : (index + 1) * spec.batch_size]:
+                        yield (chunk["job_id"], pid, "pending")
+
+            copy_rows(cur, db.table("job_item"), ("job_id", "process_id", "status"), job_items())
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'processing', error_message = NULL, updated_at = now()"
+                    " WHERE batch_id = %s AND status = ANY(%s)"
+                ).format(ps),
+                (batch_id, statuses),
+            )
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'processing' WHERE id = %s AND status IN ('created', 'indexed')"
+                ).format(db.table("batch")),
+                (batch_id,),
+            )
+            cur.execute(
+                sql.SQL("UPDATE {} SET planned_items = %s, planned_chunks = %s WHERE run_id = %s").format(
+                    db.table("ecod_jobs_run")
+                ),
+                (len(rows), len(chunks), layout.run_id),
+            )
+        plan = {
+            "run_id": layout.run_id,
+            "batch_id": batch_id,
+            "job_type": spec.name,
+            "retry_failed": retry_failed,
+            "output_dir": str(output_dir),
+            "base_path": batch.base_path,
+            "command": spec.command,
+            "threads": spec.threads,
+            "stage": spec.stage,
+            "item_timeout": spec.item_timeout,
+            "check_inputs": spec.check_inputs,
+            "modules": list(config.get("modules") or []),
+            "environment": dict(config.get("environment") or {}),
+            "spec": {**asdict(spec), "time": seconds_to_time(time_to_seconds(spec.time))},
+            "items": len(rows),
+            "chunks": [{k: c[k] for k in ("chunk_id", "items", "job_id")} for c in chunks],
+        }
+        # Inside the transaction: if writing the plan fails, nothing is committed.
+        write_atomic(layout.plan, json.dumps(plan, indent=1))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log.info("planned run %s: %d items in %d chunks", layout.run_id, len(rows), len(chunks))
+    return plan
+
+
+def planned_chunks(plan: Mapping[str, Any]) -> Sequence[str]:
+    return [c["chunk_id"] for c in plan["chunks"]]

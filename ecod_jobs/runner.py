@@ -1,0 +1,223 @@
+"""Run one chunk: every item of its manifest through the job type's command.
+
+    python -m ecod_jobs.runner --run-dir DIR --chunk c00042
+
+This is what a SLURM array task (or a local core) executes; it never touches
+PostgreSQL. An item that fails (non-zero exit, missing input, its own timeout)
+is recorded as an error and the chunk goes on; the chunk itself fails (exit
+non-zero) only when it cannot work at all (unreadable manifest, environment
+modules that do not load, output directory not writable) or when it is killed
+(time limit, memory, cancel), in which case the items finished so far are
+still in ``{chunk}.partial.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
+
+STDERR_TAIL = 2000
+_current: subprocess.Popen[bytes] | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def scheduler_ids(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """SLURM's ids for this process: job id (``A_T`` for array tasks), array job and task."""
+    array_job = environ.get("SLURM_ARRAY_JOB_ID")
+    task = environ.get("SLURM_ARRAY_TASK_ID")
+    job = environ.get("SLURM_JOB_ID")
+    return {
+        "slurm_job_id": f"{array_job}_{task}" if array_job and task else job,
+        "slurm_array_job_id": array_job,
+        "slurm_array_task_id": task,
+        "node": environ.get("SLURMD_NODENAME") or socket.gethostname(),
+    }
+
+
+def render_command(template: str, values: Mapping[str, Any]) -> str:
+    """Substitute placeholders shell-quoted: a value is always one literal argument."""
+    quoted = {k: shlex.quote("" if v is None else str(v)) for k, v in values.items()}
+    return template.format(**quoted)
+
+
+def module_environment(modules: list[str], base: Mapping[str, str]) -> dict[str, str]:
+    """The environment after ``module purge; module load ...`` (loaded once per chunk)."""
+    script = "module purge && module load " + " ".join(map(shlex.quote, modules)) + " && env -0"
+    proc = subprocess.run(
+        ["bash", "-lc", script], env=dict(base), capture_output=True, timeout=300, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"loading environment modules {modules} failed (exit {proc.returncode}): "
+            + proc.stderr.decode(errors="replace")[-500:]
+        )
+    pairs = (
+        entry.split("=", 1) for entry in proc.stdout.decode(errors="replace").split("\0") if "=" in entry
+    )
+    return dict(pairs)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _on_term(signum: int, _frame: Any) -> None:
+    """Killed by SLURM (time limit, scancel) or Snakemake: take the running item with us."""
+    if _current is not None and _current.poll() is None:
+        _kill_group(_current, signal.SIGTERM)
+        try:
+            _current.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill_group(_current)
+    sys.exit(128 + signum)
+
+
+def run_item(
+    item: Mapping[str, Any], plan: Mapping[str, Any], env: Mapping[str, str], log: Any
+) -> dict[str, Any]:
+    global _current
+    started = time.time()
+    record: dict[str, Any] = {
+        "process_id": item["process_id"],
+        "path": item["path"],
+        "start": _now(),
+    }
+
+    def finish(status: str, exit_code: int | None, error: str | None, tail: str = "") -> dict[str, Any]:
+        record.update(
+            status=status,
+            exit_code=exit_code,
+            error=error,
+            stderr_tail=tail[-STDERR_TAIL:],
+            end=_now(),
+            seconds=round(time.time() - started, 3),
+        )
+        return record
+
+    if plan.get("check_inputs", True) and not os.path.exists(item["path"]):
+        return finish("error", None, f"input path does not exist: {item['path']}")
+    command = render_command(
+        plan["command"],
+        {
+            "item_id": item["process_id"],
+            "path": item["path"],
+            "output_dir": plan["output_dir"],
+            "threads": plan["threads"],
+            "batch_id": plan["batch_id"],
+            "protein_id": item.get("protein_id"),
+        },
+    )
+    log.write(f"### item {item['process_id']} {_now()}: {command}\n".encode(errors="replace"))
+    log.flush()
+    timeout = plan.get("item_timeout") or None
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        cwd=plan["output_dir"],
+        start_new_session=True,  # its own process group: a timeout kills all of it
+    )
+    _current = proc
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        _, err = proc.communicate()
+        tail = err.decode(errors="replace")
+        log.write(err)
+        return finish("error", None, f"timed out after {timeout} s", tail)
+    finally:
+        _current = None
+    log.write(err)
+    tail = err.decode(errors="replace")
+    if proc.returncode == 0:
+        return finish("success", 0, None, tail)
+    if proc.returncode < 0:
+        error = f"killed by signal {-proc.returncode}"
+    else:
+        last = tail.strip().splitlines()[-1] if tail.strip() else ""
+        error = f"exit code {proc.returncode}" + (f": {last[:300]}" if last else "")
+    return finish("error", proc.returncode, error, tail)
+
+
+def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = None) -> int:
+    environ = dict(os.environ if environ is None else environ)
+    layout = RunLayout(run_dir, run_dir.name)
+    plan = layout.read_plan()
+    items = list(read_jsonl(layout.manifest(chunk)))
+    expected = next((c["items"] for c in plan["chunks"] if c["chunk_id"] == chunk), None)
+    if expected is None or len(items) != expected:
+        print(f"chunk {chunk}: manifest has {len(items)} items, plan says {expected}", file=sys.stderr)
+        return 3
+    os.umask(0o027)  # results and logs are never world-writable
+    attempt = len(layout.attempts(chunk)) + 1
+    ids = scheduler_ids(environ)
+    meta = {"chunk_id": chunk, "attempt": attempt, "start": _now(), "pid": os.getpid(), **ids}
+    write_atomic(layout.attempt_meta(chunk, attempt), json.dumps(meta))
+
+    env = {**environ, **plan.get("environment", {})}
+    if plan.get("modules") and environ.get("SLURM_JOB_ID"):
+        env = {**module_environment(plan["modules"], env), **plan.get("environment", {})}
+    env["ECOD_JOBS_CHUNK"] = chunk
+    Path(plan["output_dir"]).mkdir(parents=True, exist_ok=True)
+    layout.log(chunk).parent.mkdir(parents=True, exist_ok=True)
+
+    # Items already finished by an earlier attempt of this chunk are not run again.
+    done = {r["process_id"]: r for r in read_jsonl(layout.partial(chunk))}
+    results: list[dict[str, Any]] = []
+    with layout.log(chunk).open("ab") as log, layout.partial(chunk).open("a", encoding="utf-8") as partial:
+        for item in items:
+            if item["process_id"] in done:
+                results.append(done[item["process_id"]])
+                continue
+            record = run_item(item, plan, env, log)
+            record.update(attempt=attempt, **ids)
+            results.append(record)
+            partial.write(json.dumps(record, ensure_ascii=False) + "\n")
+            partial.flush()
+            os.fsync(partial.fileno())
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = {
+        **meta,
+        "end": _now(),
+        "max_rss_kb": usage.ru_maxrss,
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+    }
+    write_atomic(layout.attempt_meta(chunk, attempt), json.dumps(summary))
+    write_jsonl_atomic(layout.result(chunk), results)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run one chunk of an ecod-jobs workflow")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--chunk", required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    return run_chunk(args.run_dir, args.chunk)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

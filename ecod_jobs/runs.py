@@ -1,0 +1,331 @@
+"""Running a batch: ``run_batch()`` starts Snakemake in a subprocess with a profile.
+
+One workflow per subprocess: Snakemake's API changes the working directory and
+uses a process-wide logger, and profiles are read only by its command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+
+from .config import job_type_spec, load_config, resolve_config_path
+from .db import Database, init_schema, require_batch
+from .exceptions import ConfigurationError, ValidationError
+from .plan import count_needing_work
+from .sync import sync_batch
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+SNAKEFILE = PACKAGE_ROOT / "workflow" / "Snakefile"
+PROFILES = PACKAGE_ROOT / "profiles"
+
+ProgressCallback = Callable[[dict[str, int], int], None]
+
+
+@dataclass
+class BatchResult:
+    """What a run did: counts by process status for the batch, and the items that failed."""
+
+    batch_id: int
+    run_id: str | None
+    returncode: int
+    by_status: dict[str, int] = field(default_factory=dict)
+    failed_items: list[dict[str, Any]] = field(default_factory=list)
+    planned_items: int = 0
+    log_path: Path | None = None
+    nothing_to_do: bool = False
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_items)
+
+    @property
+    def ok(self) -> bool:
+        """Snakemake succeeded and no item of this run failed."""
+        return self.returncode == 0 and not self.failed_items
+
+
+def resolve_profile(profile: str) -> Path:
+    """``local``/``slurm`` name the shipped profiles; anything else is a directory."""
+    candidate = PROFILES / profile if "/" not in profile else Path(profile)
+    if not (candidate / "config.yaml").is_file():
+        candidate = Path(profile)
+    if not (candidate / "config.yaml").is_file():
+        raise ValidationError(
+            f"profile {profile!r} not found: expected 'local', 'slurm' or a directory with config.yaml"
+        )
+    return candidate.resolve()
+
+
+def _uses_slurm(profile_dir: Path) -> bool:
+    text = (profile_dir / "config.yaml").read_text()
+    return any(line.split("#")[0].replace(" ", "") == "executor:slurm" for line in text.splitlines())
+
+
+def snakemake_args(options: Mapping[str, Any]) -> list[str]:
+    """``cores=2, keep_going=True`` -> ``--cores 2 --keep-going``."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list | tuple):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def item_counts(db: Database, batch_id: int, run_id: str | None = None) -> dict[str, int]:
+    """process_status counts for the batch, or for the items of one run."""
+    if run_id is None:
+        query = sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+            db.table("process_status")
+        )
+        params: tuple[Any, ...] = (batch_id,)
+    else:
+        query = sql.SQL(
+            "SELECT ps.status, count(*) FROM {} ji JOIN {} j ON j.id = ji.job_id"
+            " JOIN {} ps ON ps.id = ji.process_id WHERE j.run_id = %s GROUP BY ps.status"
+        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
+        params = (run_id,)
+    return {str(k): int(v) for k, v in db.query(query, params)}
+
+
+def failed_items(
+    db: Database, batch_id: int, run_id: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    if run_id is None:
+        query = sql.SQL(
+            "SELECT id, relative_path, current_stage, error_message FROM {}"
+            " WHERE batch_id = %s AND status = 'error' ORDER BY id LIMIT %s"
+        ).format(db.table("process_status"))
+        params: tuple[Any, ...] = (batch_id, limit)
+    else:
+        query = sql.SQL(
+            "SELECT ps.id, ps.relative_path, ps.current_stage, ps.error_message FROM {} ji"
+            " JOIN {} j ON j.id = ji.job_id JOIN {} ps ON ps.id = ji.process_id"
+            " WHERE j.run_id = %s AND ps.status = 'error' ORDER BY ps.id LIMIT %s"
+        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
+        params = (run_id, limit)
+    return [
+        {"process_id": pid, "path": path, "stage": stage, "error": error}
+        for pid, path, stage, error in db.query(query, params)
+    ]
+
+
+def run_batch(
+    batch_id: int,
+    profile: str = "local",
+    job_type: str | None = None,
+    retry_failed: bool = False,
+    config_path: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    *,
+    progress: ProgressCallback | None = None,
+    **snakemake_options: Any,
+) -> BatchResult:
+    """Run a batch's items needing work through the workflow; see the README for an example.
+
+    Raises ``ConfigurationError``/``ValidationError`` for bad input (unknown batch or
+    job type, missing profile, SLURM profile without SLURM) before anything runs.
+    """
+    config = load_config(config_path)
+    spec = job_type_spec(config, job_type)
+    profile_dir = resolve_profile(profile)
+    if _uses_slurm(profile_dir) and not shutil.which("sbatch"):
+        raise ConfigurationError(
+            f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
+        )
+    if not SNAKEFILE.exists():
+        raise ConfigurationError(f"workflow not found at {SNAKEFILE}: install ecod-jobs from its source tree")
+    db = Database(config)
+    init_schema(db)
+    require_batch(db, batch_id)
+    pending = count_needing_work(db, batch_id, retry_failed)
+    if pending == 0:
+        return BatchResult(batch_id, None, 0, item_counts(db, batch_id), nothing_to_do=True)
+
+    run_id = str(uuid.uuid4())
+    path, explicit = resolve_config_path(config_path)
+    env = {**os.environ, "ECOD_JOBS_RUN_ID": run_id}
+    smk_config = [
+        f"batch_id={batch_id}",
+        f"job_type={spec.name}",
+        f"retry_failed={retry_failed}",
+        f"run_id={run_id}",
+    ]
+    if explicit or (path is not None and path.exists()):
+        config_file = str(Path(path).resolve())
+        env["ECOD_CONFIG_PATH"] = config_file
+        smk_config.append(f"ecod_config={config_file}")
+    argv = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--profile",
+        str(profile_dir),
+        *snakemake_args(snakemake_options),
+        "--config",
+        *smk_config,
+    ]
+    if dry_run:
+        argv.append("--dry-run")
+    log_dir = Path(config["pipeline"]["work_root"]) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (log_dir / f"run-{run_id}.log").resolve()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None:
+                if progress is not None and not dry_run:
+                    # progress is cosmetic; never let it stop the run
+                    with contextlib.suppress(Exception):
+                        progress(item_counts(db, batch_id, run_id), pending)
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # Snakemake cancels its SLURM jobs on SIGINT
+            proc.wait()
+            raise
+    if dry_run:
+        return BatchResult(
+            batch_id,
+            run_id,
+            proc.returncode,
+            item_counts(db, batch_id),
+            planned_items=pending,
+            log_path=log_path,
+            dry_run=True,
+        )
+    return BatchResult(
+        batch_id,
+        run_id,
+        proc.returncode,
+        item_counts(db, batch_id, run_id),
+        failed_items(db, batch_id, run_id),
+        planned_items=pending,
+        log_path=log_path,
+    )
+
+
+def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
+    """The ``ecod-jobs status`` report (also its ``--json``)."""
+    batch = require_batch(db, batch_id)
+    counts = item_counts(db, batch_id)
+    by_status = {s: counts.get(s, 0) for s in ("pending", "processing", "success", "error", "skipped")}
+    by_status.update({k: v for k, v in counts.items() if k not in by_status})
+    jobs = {
+        str(k): int(v)
+        for k, v in db.query(
+            sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+                db.table("job")
+            ),
+            (batch_id,),
+        )
+    }
+    runs = db.query(
+        sql.SQL(
+            "SELECT run_id, job_type, status, host, started_at, ended_at, message FROM {}"
+            " WHERE batch_id = %s ORDER BY started_at DESC LIMIT 5"
+        ).format(db.table("ecod_jobs_run")),
+        (batch_id,),
+    )
+    return {
+        "batch_id": batch_id,
+        "name": batch.batch_name,
+        "status": batch.status,
+        "total": sum(counts.values()),
+        "by_status": by_status,
+        "jobs": {s: jobs.get(s, 0) for s in ("submitted", "completed", "failed")},
+        "failed_items": failed_items(db, batch_id, limit=failed_limit),
+        "runs": [
+            {
+                "run_id": str(r[0]),
+                "job_type": r[1],
+                "status": r[2],
+                "host": r[3],
+                "started_at": r[4].isoformat() if r[4] else None,
+                "ended_at": r[5].isoformat() if r[5] else None,
+                "message": r[6],
+            }
+            for r in runs
+        ],
+    }
+
+
+def cancel_batch(
+    db: Database, config: Mapping[str, Any], batch_id: int, wait_seconds: float = 60
+) -> dict[str, Any]:
+    """Stop the batch's live runs (SIGINT: Snakemake scancels its jobs), cancel stray jobs, record it."""
+    from . import slurm_cli
+
+    require_batch(db, batch_id)
+    runs = db.query(
+        sql.SQL("SELECT run_id, host, pid FROM {} WHERE batch_id = %s AND status = 'running'").format(
+            db.table("ecod_jobs_run")
+        ),
+        (batch_id,),
+    )
+    here = socket.gethostname()
+    signalled = []
+    for run_id, host, pid in runs:
+        if host == here and pid:
+            try:
+                os.kill(int(pid), signal.SIGINT)
+                signalled.append((str(run_id), int(pid)))
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + wait_seconds
+    for _run_id, pid in signalled:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+    # Jobs still queued or running (e.g. from a run whose head node died).
+    live = [
+        r[0]
+        for r in db.query(
+            sql.SQL(
+                "SELECT DISTINCT slurm_job_id FROM {} WHERE batch_id = %s AND status = 'submitted'"
+                " AND slurm_job_id IS NOT NULL"
+            ).format(db.table("job")),
+            (batch_id,),
+        )
+    ]
+    scancelled = []
+    if live and slurm_cli.available("scancel"):
+        slurm_cli.scancel(live)
+        scancelled = live
+    db.query(
+        sql.SQL(
+            "UPDATE {} SET status = 'cancelled', ended_at = coalesce(ended_at, now()),"
+            " message = 'cancelled with ecod-jobs cancel'"
+            " WHERE batch_id = %s AND (status = 'running' OR run_id::text = ANY(%s))"
+        ).format(db.table("ecod_jobs_run")),
+        (batch_id, [r for r, _ in signalled]),
+    )
+    report = sync_batch(db, config, batch_id)
+    return {"signalled_runs": [r for r, _ in signalled], "scancelled": scancelled, **report}
+
+
+__all__ = ["BatchResult", "batch_status", "cancel_batch", "run_batch"]

@@ -1,0 +1,424 @@
+"""Bring PostgreSQL in line with a run's files: the one reconciliation used everywhere.
+
+The chunk result files are the truth; the database is a view of them. The same
+code records a chunk live (from the logger plugin as each chunk job ends),
+reconciles a whole run in ``onsuccess``/``onerror``, and rebuilds everything in
+``ecod-jobs sync`` (after a head-node crash, a database outage, or deleted
+rows). It is idempotent: job rows are keyed by (run, chunk, attempt), job_item
+rows are rewritten per chunk, and process_status follows the newest result.
+
+Per chunk and attempt there is one ``job`` row. Every item has exactly one
+``job_item`` row per run: under the attempt that produced its result, or under
+the last attempt while it has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from .db import Database
+from .db.bulk import copy_rows
+from .layout import BatchLayout, RunLayout, read_jsonl
+from .states import PROCESS_DONE, is_failure, normalize_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkState:
+    """What the files say about one chunk."""
+
+    chunk_id: str
+    attempts: dict[int, dict[str, Any]]
+    results: dict[int, dict[str, Any]]  # by process_id
+    finished: bool  # the final result file exists
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_attempt(self) -> int:
+        return max(self.attempts, default=1)
+
+
+def read_chunk(layout: RunLayout, chunk: str) -> ChunkState:
+    items = list(read_jsonl(layout.manifest(chunk)))
+    final = layout.result(chunk)
+    source = final if final.exists() else layout.partial(chunk)
+    results = {r["process_id"]: r for r in read_jsonl(source)}
+    return ChunkState(chunk, layout.attempts(chunk), results, final.exists(), items)
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _elapsed(meta: Mapping[str, Any]) -> float | None:
+    start, end = _ts(meta.get("start")), _ts(meta.get("end"))
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+def record_chunks(
+    db: Database,
+    layout: RunLayout,
+    plan: Mapping[str, Any],
+    chunks: Iterable[str],
+    *,
+    run_over: bool,
+    failed_chunks: Sequence[str] = (),
+) -> int:
+    """Record chunks' jobs, job items and item statuses in one transaction.
+
+    ``run_over``: no attempt is still running (the run ended or died), so a chunk
+    without its final result has failed. ``failed_chunks``: chunks whose latest
+    attempt is known to have failed (Snakemake reported the job's error) even
+    though the run goes on. Returns the number of items given a final status.
+    """
+    states = [read_chunk(layout, c) for c in chunks]
+    if not states:
+        return 0
+    failed = set(failed_chunks)
+    stage = plan["stage"]
+    job_rows: list[tuple[Any, ...]] = []
+    item_rows: list[tuple[Any, ...]] = []
+    settled = 0
+    for st in states:
+        last = st.last_attempt
+        last_failed = not st.finished and (run_over or st.chunk_id in failed)
+        for attempt in sorted(set(st.attempts) | {last}):
+            meta = st.attempts.get(attempt, {})
+            if st.finished and attempt == last:
+                status, error = "completed", None
+                item_errors = sum(1 for r in st.results.values() if r["status"] != "success")
+                if item_errors:
+                    error = f"{item_errors} of {len(st.items)} items failed"
+            elif attempt < last or last_failed:
+                status, error = "failed", f"attempt {attempt} ended before finishing its chunk"
+            else:
+                status, error = "submitted", None
+            covered = sum(1 for r in st.results.values() if r.get("attempt", 1) == attempt)
+            job_rows.append(
+                (
+                    plan["batch_id"],
+                    plan["job_type"],
+                    layout.run_id,
+                    st.chunk_id,
+                    attempt,
+                    status,
+                    covered if status != "submitted" or covered else len(st.items),
+                    meta.get("slurm_job_id"),
+                    meta.get("node"),
+                    _ts(meta.get("start")),
+                    _ts(meta.get("end")) if status == "completed" else None,
+                    _elapsed(meta),
+                    meta.get("cpu_seconds"),
+                    meta.get("max_rss_kb"),
+                    error,
+                    0 if status == "completed" else None,
+                )
+            )
+        for item in st.items:
+            res = st.results.get(item["process_id"])
+            if res is not None:
+                ok = res["status"] == "success"
+                item_rows.append(
+                    (
+                        item["process_id"],
+                        st.chunk_id,
+                        res.get("attempt", 1),
+                        "completed" if ok else "failed",
+                        "success" if ok else "error",
+                        stage if ok else f"{stage}_failed"[:50],
+                        res.get("exit_code"),
+                        res.get("start"),
+                        res.get("end"),
+                        res.get("seconds"),
+                        res.get("error"),
+                    )
+                )
+                settled += 1
+            elif last_failed:
+                item_rows.append(
+                    (
+                        item["process_id"],
+                        st.chunk_id,
+                        last,
+                        "failed",
+                        "error",
+                        f"{stage}_failed"[:50],
+                        None,
+                        None,
+                        None,
+                        None,
+                        f"not run: chunk {st.chunk_id} attempt {last} ended before reaching this item",
+                    )
+                )
+                settled += 1
+            else:
+                item_rows.append(
+                    (
+                        item["process_id"],
+                        st.chunk_id,
+                        last,
+                        "pending",
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                    )
+                )
+    job = db.table("job")
+    with db.transaction() as cur:
+        execute_values(
+            cur,
+            sql.SQL(
+                "INSERT INTO {} AS j (batch_id, job_type, run_id, chunk_id, attempt, status, items_count,"
+                " slurm_job_id, node, start_time, completion_time, elapsed_seconds, cpu_seconds,"
+                " max_rss_kb, error_text, exit_code, updated_at) VALUES %s"
+                " ON CONFLICT (run_id, chunk_id, attempt) WHERE run_id IS NOT NULL DO UPDATE SET"
+                " status = EXCLUDED.status, items_count = EXCLUDED.items_count,"
+                " slurm_job_id = coalesce(EXCLUDED.slurm_job_id, j.slurm_job_id),"
+                " node = coalesce(EXCLUDED.node, j.node),"
+                " start_time = coalesce(EXCLUDED.start_time, j.start_time),"
+                " completion_time = coalesce(EXCLUDED.completion_time, j.completion_time,"
+                "   CASE WHEN EXCLUDED.status = 'failed' THEN now() END),"
+                " elapsed_seconds = coalesce(EXCLUDED.elapsed_seconds, j.elapsed_seconds),"
+                " cpu_seconds = coalesce(EXCLUDED.cpu_seconds, j.cpu_seconds),"
+                " max_rss_kb = coalesce(EXCLUDED.max_rss_kb, j.max_rss_kb),"
+                " error_text = CASE WHEN EXCLUDED.status = 'failed' THEN"
+                "   coalesce(j.error_text, EXCLUDED.error_text) ELSE EXCLUDED.error_text END,"
+                " exit_code = coalesce(EXCLUDED.exit_code, j.exit_code), updated_at = now()"
+            )
+            .format(job)
+            .as_string(cur),
+            job_rows,
+            template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+            page_size=1000,
+        )
+        cur.execute(
+            "CREATE TEMP TABLE _ecod_items (process_id int, chunk_id text, attempt int, ji_status text,"
+            " ps_status text, stage text, exit_code int, start_time timestamptz, end_time timestamptz,"
+            " elapsed double precision, error text) ON COMMIT DROP"
+        )
+        copy_rows(
+            cur,
+            sql.Identifier("_ecod_items"),
+            (
+                "process_id",
+                "chunk_id",
+                "attempt",
+                "ji_status",
+                "ps_status",
+                "stage",
+                "exit_code",
+                "start_time",
+                "end_time",
+                "elapsed",
+                "error",
+            ),
+            item_rows,
+        )
+        chunk_ids = [st.chunk_id for st in states]
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE job_id IN (SELECT id FROM {} WHERE run_id = %s AND chunk_id = ANY(%s))"
+            ).format(db.table("job_item"), job),
+            (layout.run_id, chunk_ids),
+        )
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
+                " elapsed_seconds, error_text)"
+                " SELECT j.id, t.process_id, t.ji_status, t.exit_code, t.start_time, t.end_time,"
+                " t.elapsed, t.error FROM _ecod_items t JOIN {} j"
+                " ON j.run_id = %s AND j.chunk_id = t.chunk_id AND j.attempt = t.attempt"
+            ).format(db.table("job_item"), job),
+            (layout.run_id,),
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} ps SET status = t.ps_status, current_stage = t.stage, error_message = t.error,"
+                " updated_at = now() FROM _ecod_items t"
+                " WHERE ps.id = t.process_id AND ps.batch_id = %s AND t.ps_status IS NOT NULL"
+                " AND (ps.status IS DISTINCT FROM t.ps_status OR ps.error_message IS DISTINCT FROM t.error"
+                "      OR ps.current_stage IS DISTINCT FROM t.stage)"
+            ).format(db.table("process_status")),
+            (plan["batch_id"],),
+        )
+    return settled
+
+
+# --------------------------------------------------------------------------- scheduler detail
+
+
+def enrich_from_scheduler(db: Database, run_id: str) -> int:
+    """Fill state, exit code, node, elapsed, CPU and peak memory from sacct (one call)."""
+    from . import slurm_cli
+
+    rows = db.query(
+        sql.SQL("SELECT id, slurm_job_id FROM {} WHERE run_id = %s AND slurm_job_id IS NOT NULL").format(
+            db.table("job")
+        ),
+        (run_id,),
+    )
+    if not rows or not slurm_cli.available("sacct"):
+        return 0
+    try:
+        records = slurm_cli.sacct_records([r[1] for r in rows])
+    except Exception as exc:  # accounting may be disabled: the files already gave us the basics
+        log.warning("sacct unavailable, keeping runner-measured figures: %s", exc)
+        return 0
+    updates = []
+    for job_id, slurm_id in rows:
+        rec = records.get(slurm_id)
+        if rec is None:
+            continue
+        state = normalize_state(rec.state)
+        updates.append(
+            (
+                job_id,
+                state,
+                rec.exit_code if not rec.signal else 128 + rec.signal,
+                rec.node,
+                rec.elapsed_seconds,
+                rec.cpu_seconds,
+                rec.max_rss_kb,
+                f"{rec.raw_state or rec.state} (exit {rec.exit_code}:{rec.signal})"
+                if is_failure(state)
+                else None,
+            )
+        )
+    if not updates:
+        return 0
+    with db.transaction() as cur:
+        execute_values(
+            cur,
+            sql.SQL(
+                "UPDATE {} j SET scheduler_state = v.state, exit_code = v.exit_code,"
+                " node = coalesce(v.node, j.node), elapsed_seconds = coalesce(v.elapsed, j.elapsed_seconds),"
+                " cpu_seconds = coalesce(v.cpu, j.cpu_seconds),"
+                " max_rss_kb = greatest(v.rss, j.max_rss_kb),"
+                " error_text = CASE WHEN v.error IS NOT NULL AND j.status = 'failed'"
+                "   THEN v.error || ': ' || coalesce(j.error_text, '') ELSE j.error_text END,"
+                " updated_at = now()"
+                " FROM (VALUES %s) AS v (id, state, exit_code, node, elapsed, cpu, rss, error)"
+                " WHERE j.id = v.id"
+            )
+            .format(db.table("job"))
+            .as_string(cur),
+            updates,
+            template="(%s::int, %s::text, %s::int, %s::text, %s::float8, %s::float8, %s::bigint, %s::text)",
+        )
+    return len(updates)
+
+
+# --------------------------------------------------------------------------- runs and batches
+
+
+def update_batch_totals(db: Database, batch_id: int) -> tuple[int, int]:
+    """Set batch.completed_items (success + skipped) and completed status; returns (done, total)."""
+    with db.transaction() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE status = ANY(%s)), count(*) FROM {} WHERE batch_id = %s"
+            ).format(db.table("process_status")),
+            (sorted(PROCESS_DONE), batch_id),
+        )
+        done, total = cur.fetchone()
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET completed_items = %s,"
+                " status = CASE WHEN %s = total_items AND %s > 0 THEN 'completed'"
+                "   WHEN status = 'completed' THEN 'processing' ELSE status END,"
+                " completed_at = CASE WHEN %s = total_items AND %s > 0 THEN coalesce(completed_at, now())"
+                "   ELSE NULL END WHERE id = %s"
+            ).format(db.table("batch")),
+            (done, done, done, done, done, batch_id),
+        )
+    return int(done), int(total)
+
+
+def finish_run_row(db: Database, run_id: str, status: str, message: str | None = None) -> None:
+    db.query(
+        sql.SQL("UPDATE {} SET status = %s, message = %s, ended_at = now() WHERE run_id = %s").format(
+            db.table("ecod_jobs_run")
+        ),
+        (status, message, run_id),
+    )
+
+
+def reconcile_run(db: Database, layout: RunLayout, *, run_over: bool = True) -> dict[str, int]:
+    """Record every chunk of a run from its files, then the scheduler's detail and batch totals."""
+    plan = layout.read_plan()
+    chunks = [c["chunk_id"] for c in plan["chunks"]]
+    settled = record_chunks(db, layout, plan, chunks, run_over=run_over)
+    enrich_from_scheduler(db, layout.run_id)
+    done, total = update_batch_totals(db, plan["batch_id"])
+    return {"chunks": len(chunks), "settled": settled, "done": done, "total": total}
+
+
+def _run_alive(db: Database, run_id: str) -> bool:
+    rows = db.query(
+        sql.SQL("SELECT status, host, pid FROM {} WHERE run_id = %s").format(db.table("ecod_jobs_run")),
+        (run_id,),
+    )
+    if not rows or rows[0][0] != "running":
+        return False
+    _status, host, pid = rows[0]
+    if host == socket.gethostname() and pid:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return True  # another host's run: trust its row
+
+
+def sync_batch(
+    db: Database, config: Mapping[str, Any], batch_id: int, job_type: str | None = None
+) -> dict[str, Any]:
+    """Rebuild the batch's job, job_item and process_status rows from every run's files."""
+    work_root = config["pipeline"].get("work_root", ".ecod_jobs/work")
+    types = (
+        [job_type]
+        if job_type
+        else sorted(
+            p.name for p in (BatchLayout.create(work_root, batch_id, "x").root.parent).glob("*") if p.is_dir()
+        )
+    )
+    report: dict[str, Any] = {"batch_id": batch_id, "runs": 0, "chunks": 0, "settled": 0}
+    for name in types:
+        for run in BatchLayout.create(work_root, batch_id, name).runs():
+            alive = _run_alive(db, run.run_id)
+            result = reconcile_run(db, run, run_over=not alive)
+            if not alive:
+                _close_dead_run(db, run.run_id)
+            report["runs"] += 1
+            report["chunks"] += result["chunks"]
+            report["settled"] += result["settled"]
+    done, total = update_batch_totals(db, batch_id)
+    report.update(done=done, total=total)
+    return report
+
+
+def _close_dead_run(db: Database, run_id: str) -> None:
+    db.query(
+        sql.SQL(
+            "UPDATE {} SET status = 'interrupted', ended_at = coalesce(ended_at, now()),"
+            " message = coalesce(message, 'closed by ecod-jobs sync: the run is no longer alive')"
+            " WHERE run_id = %s AND status = 'running'"
+        ).format(db.table("ecod_jobs_run")),
+        (run_id,),
+    )

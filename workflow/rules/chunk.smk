@@ -1,0 +1,19 @@
+# One job per chunk: every item of the manifest through the job type's command.
+# Item failures are recorded in the result file; the job fails only when the
+# chunk as a whole does (time limit, memory, cancel, node failure).
+
+
+rule chunk:
+    input:
+        plan=f"{WORK}/runs/{{run}}/plan.json",
+    output:
+        result=f"{WORK}/runs/{{run}}/results/{{chunk}}.jsonl",
+    log:
+        f"{WORK}/runs/{{run}}/logs/{{chunk}}.runner.log",
+    wildcard_constraints:
+        chunk=r"c[0-9]+",
+    threads: CTX.spec.threads
+    resources:
+        **chunk_resources(),
+    shell:
+        "{PYTHON:q} -m ecod_jobs.runner --run-dir {WORK:q}/runs/{wildcards.run} --chunk {wildcards.chunk} 2> {log:q}"

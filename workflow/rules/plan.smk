@@ -1,0 +1,21 @@
+# Planning: a local checkpoint on the head node. Selects the items needing work
+# from PostgreSQL, writes deterministic chunk manifests and plan.json, and
+# records the chunks' job rows; chunk ids become the chunk rule's wildcards.
+
+
+checkpoint plan:
+    output:
+        plan=f"{WORK}/runs/{{run}}/plan.json",
+    log:
+        f"{WORK}/runs/{{run}}/logs/plan.log",
+    run:
+        from ecod_jobs.plan import plan_run
+
+        plan_run(
+            CTX.db(),
+            CTX.config,
+            CTX.spec,
+            CTX.batch_id,
+            CTX.batch_layout.run(wildcards.run),
+            retry_failed=CTX.retry_failed,
+        )
