@@ -180,6 +180,8 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
     if plan.get("modules") and environ.get("SLURM_JOB_ID"):
         env = {**module_environment(plan["modules"], env), **plan.get("environment", {})}
     env["ECOD_JOBS_CHUNK"] = chunk
+    # Commands find this Python (the one ecod-jobs runs in) as `python` first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     Path(plan["output_dir"]).mkdir(parents=True, exist_ok=True)
     layout.log(chunk).parent.mkdir(parents=True, exist_ok=True)
 

@@ -95,6 +95,22 @@ def snakemake_version() -> str:
         return "unknown"
 
 
+def plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -> None:
+    """The plan checkpoint's body (a job on the head node): see :func:`ecod_jobs.plan.plan_run`."""
+    from .plan import plan_run
+
+    plan = plan_run(
+        ctx.db(),
+        ctx.config,
+        ctx.spec,
+        ctx.batch_id,
+        ctx.batch_layout.run(run_id),
+        retry_failed=ctx.retry_failed,
+    )
+    with open(log_path, "w") as log_file:
+        log_file.write(f"planned {plan['items']} items in {len(plan['chunks'])} chunks\n")
+
+
 # --------------------------------------------------------------------------- hooks
 
 

@@ -10,10 +10,13 @@ rule chunk:
         result=f"{WORK}/runs/{{run}}/results/{{chunk}}.jsonl",
     log:
         f"{WORK}/runs/{{run}}/logs/{{chunk}}.runner.log",
+    params:
+        python=PYTHON,
+        run_dir=lambda wildcards: f"{WORK}/runs/{wildcards.run}",
     wildcard_constraints:
         chunk=r"c[0-9]+",
     threads: CTX.spec.threads
     resources:
         **chunk_resources(),
     shell:
-        "{PYTHON:q} -m ecod_jobs.runner --run-dir {WORK:q}/runs/{wildcards.run} --chunk {wildcards.chunk} 2> {log:q}"
+        "{params.python:q} -m ecod_jobs.runner --run-dir {params.run_dir:q} --chunk {wildcards.chunk} 2> {log:q}"

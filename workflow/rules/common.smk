@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import validate
 
-from ecod_jobs.workflow import context_from_config, on_finish, on_start
+from ecod_jobs.workflow import context_from_config, on_finish, on_start, plan_checkpoint
 
 
 validate(config, workflow.source_path("../schemas/run.schema.yaml"))

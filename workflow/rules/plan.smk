@@ -9,13 +9,4 @@ checkpoint plan:
     log:
         f"{WORK}/runs/{{run}}/logs/plan.log",
     run:
-        from ecod_jobs.plan import plan_run
-
-        plan_run(
-            CTX.db(),
-            CTX.config,
-            CTX.spec,
-            CTX.batch_id,
-            CTX.batch_layout.run(wildcards.run),
-            retry_failed=CTX.retry_failed,
-        )
+        plan_checkpoint(CTX, wildcards.run, log[0])
