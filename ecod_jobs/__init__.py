@@ -21,18 +21,33 @@ from .exceptions import (
     JobSubmissionError,
     ValidationError,
 )
+from .managers import (
+    DatabaseJobManager,
+    JobManager,
+    LocalJobManager,
+    SlurmJobManager,
+    create_job_manager,
+)
 from .models import Job, JobItem
+from .runs import BatchResult, run_batch
 
 __all__ = [
+    "BatchResult",
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseJobManager",
     "ECODError",
     "Job",
     "JobError",
     "JobExecutionError",
     "JobItem",
+    "JobManager",
     "JobSubmissionError",
+    "LocalJobManager",
+    "SlurmJobManager",
     "ValidationError",
     "__version__",
+    "create_job_manager",
     "load_config",
+    "run_batch",
 ]

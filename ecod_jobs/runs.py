@@ -193,7 +193,16 @@ def run_batch(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir / f"run-{run_id}.log").resolve()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        # Its own process group, so that a cancel can interrupt Snakemake and its local
+        # jobs together, as Ctrl-C in a terminal does.
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             while proc.poll() is None:
                 if progress is not None and not dry_run:
@@ -202,7 +211,7 @@ def run_batch(
                         progress(item_counts(db, batch_id, run_id), pending)
                 time.sleep(1.0)
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)  # Snakemake cancels its SLURM jobs on SIGINT
+            interrupt(proc.pid)  # Snakemake cancels its SLURM jobs on SIGINT
             proc.wait()
             raise
     if dry_run:
@@ -224,6 +233,22 @@ def run_batch(
         planned_items=pending,
         log_path=log_path,
     )
+
+
+def interrupt(pid: int) -> bool:
+    """Ctrl-C for a Snakemake process: SIGINT to its process group when it leads one.
+
+    Local jobs only stop when they get the signal too; SLURM jobs are cancelled by
+    Snakemake itself. Returns False when the process is gone.
+    """
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGINT)
+        else:
+            os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
@@ -287,12 +312,8 @@ def cancel_batch(
     here = socket.gethostname()
     signalled = []
     for run_id, host, pid in runs:
-        if host == here and pid:
-            try:
-                os.kill(int(pid), signal.SIGINT)
-                signalled.append((str(run_id), int(pid)))
-            except ProcessLookupError:
-                pass
+        if host == here and pid and interrupt(int(pid)):
+            signalled.append((str(run_id), int(pid)))
     deadline = time.monotonic() + wait_seconds
     for _run_id, pid in signalled:
         while time.monotonic() < deadline:

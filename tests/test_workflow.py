@@ -352,3 +352,31 @@ def test_slurm_run_uses_one_array(
     log = result.log_path.read_text()
     assert log.count("Submitted array job") == 1
     assert shutil.which("sacct")
+
+
+def test_cancel_stops_a_live_run_and_records_it(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg, batch = setup_batch(tmp_path, scratch_db, n=4, batch_size=2, command="sleep 60")
+    (tmp_path / "data" / "chain 3.fa").write_text(">p3\nM\n")
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(run_batch(batch, config_path=cfg, cores=2)))
+    started = time.monotonic()
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until both chunks' first items are running
+        if len(list((tmp_path / "work").glob("batch_*/echo/runs/*/results/*.attempt-1.json"))) == 2:
+            break
+        time.sleep(0.3)
+    cancelled = run_cli("--config", str(cfg), "cancel", "--batch", str(batch), cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "stopped 1 runs" in cancelled.stdout
+    runner.join(timeout=90)
+    assert not runner.is_alive() and time.monotonic() - started < 60, "the run stopped well before sleep 60"
+    assert q(pg_conn, "SELECT status, message FROM ecod_schema.ecod_jobs_run") == [
+        ("cancelled", "cancelled with ecod-jobs cancel")
+    ]
+    assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.process_status") == [("error",)]
+    assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.job") == [("failed",)]
+    assert not list(tmp_path.glob("**/*.out")), "no item finished"
