@@ -92,14 +92,9 @@ def db_config(scratch_db: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def pg_conn(scratch_db: dict[str, Any]) -> Iterator[psycopg2.extensions.connection]:
-    conn = psycopg2.connect(
-        host=scratch_db["host"],
-        port=scratch_db["port"],
-        dbname=scratch_db["database"],
-        user=scratch_db["user"],
-        password=scratch_db.get("password"),
-    )
-    conn.autocommit = True
+    from helpers import connect_scratch
+
+    conn = connect_scratch(scratch_db)
     yield conn
     conn.close()
 

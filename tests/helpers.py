@@ -32,3 +32,18 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def connect_scratch(section: dict[str, Any]) -> Any:
+    """An autocommit connection to a scratch database given its ``database`` config section."""
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=section["host"],
+        port=section["port"],
+        dbname=section["database"],
+        user=section["user"],
+        password=section.get("password"),
+    )
+    conn.autocommit = True
+    return conn

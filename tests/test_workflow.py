@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import REPO, run_cli, write_config
+from helpers import REPO, connect_scratch, run_cli, write_config
 
 from ecod_jobs.runs import run_batch
 
@@ -208,14 +208,7 @@ def test_chunks_are_recorded_while_the_run_goes_on(
     seen: list[tuple[Any, ...]] = []
 
     def watch() -> None:
-        conn = psycopg2.connect(
-            host=scratch_db["host"],
-            port=scratch_db["port"],
-            dbname=scratch_db["database"],
-            user=scratch_db["user"],
-            password=scratch_db.get("password"),
-        )
-        conn.autocommit = True
+        conn = connect_scratch(scratch_db)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
