@@ -37,6 +37,10 @@ class DatabaseUnavailableError(DatabaseError):
     """PostgreSQL could not be reached at all (wrong host, down, bad credentials)."""
 
 
+class RunConflictError(ValidationError):
+    """Another live run holds the batch and job type (its lease has not expired)."""
+
+
 class JobError(ECODError):
     """Base for job-related errors."""
 
@@ -66,5 +70,6 @@ __all__ = [
     "JobError",
     "JobExecutionError",
     "JobSubmissionError",
+    "RunConflictError",
     "ValidationError",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -80,6 +81,22 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> Non
         os.killpg(proc.pid, sig)
 
 
+def _die_with_runner() -> None:
+    """In the item's process: be killed if the runner dies, even by SIGKILL.
+
+    The item runs in its own session (so a timeout can kill its whole group), which
+    hides it from signals sent to the runner's group; without this, a runner killed
+    by its scheduler would leave the item running on as an orphan, and the item's
+    effects would happen after the next run had already been told to redo it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _on_term(signum: int, _frame: Any) -> None:
     """Killed by SLURM (time limit, scancel) or Snakemake: take the running item with us."""
     if _current is not None and _current.poll() is None:
@@ -137,6 +154,7 @@ def run_item(
         env=dict(env),
         cwd=plan["output_dir"],
         start_new_session=True,  # its own process group: a timeout kills all of it
+        preexec_fn=_die_with_runner,
     )
     _current = proc
     try:

@@ -158,11 +158,23 @@ def run_batch(
     db = Database(config)
     init_schema(db)
     require_batch(db, batch_id)
+    run_id = str(uuid.uuid4())
+    if not dry_run:
+        from .lease import acquire, release
+        from .recovery import recover_dead_runs
+
+        # Refuse now, naming the holder, rather than deep in Snakemake's log; then settle
+        # any dead run so that its unfinished items count as pending again.
+        acquire(db, batch_id, spec.name, run_id)
+        recover_dead_runs(db, config, batch_id, spec.name, run_id)
     pending = count_needing_work(db, batch_id, retry_failed)
     if pending == 0:
+        if not dry_run:
+            release(db, run_id)
         return BatchResult(batch_id, None, 0, item_counts(db, batch_id), nothing_to_do=True)
 
-    run_id = str(uuid.uuid4())
+    from .recovery import slurm_name_prefix
+
     path, explicit = resolve_config_path(config_path)
     env = {**os.environ, "ECOD_JOBS_RUN_ID": run_id}
     smk_config = [
@@ -183,6 +195,9 @@ def run_batch(
         str(SNAKEFILE),
         "--profile",
         str(profile_dir),
+        # names its SLURM jobs, so that a later run can find and cancel them if this one dies
+        "--slurm-jobname-prefix",
+        slurm_name_prefix(run_id),
         *snakemake_args(snakemake_options),
         "--config",
         *smk_config,
@@ -214,6 +229,9 @@ def run_batch(
             interrupt(proc.pid)  # Snakemake cancels its SLURM jobs on SIGINT
             proc.wait()
             raise
+        finally:
+            if not dry_run:
+                release(db, run_id)
     if dry_run:
         return BatchResult(
             batch_id,

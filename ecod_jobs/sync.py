@@ -15,7 +15,6 @@ the last attempt while it has none.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,13 +72,16 @@ def record_chunks(
     *,
     run_over: bool,
     failed_chunks: Sequence[str] = (),
+    interrupted: bool = False,
 ) -> int:
     """Record chunks' jobs, job items and item statuses in one transaction.
 
     ``run_over``: no attempt is still running (the run ended or died), so a chunk
     without its final result has failed. ``failed_chunks``: chunks whose latest
     attempt is known to have failed (Snakemake reported the job's error) even
-    though the run goes on. Returns the number of items given a final status.
+    though the run goes on. ``interrupted``: the run died (head node crash, kill):
+    items it never reached go back to ``pending`` for the next run instead of
+    ``error``. Returns the number of items given a final status.
     """
     states = [read_chunk(layout, c) for c in chunks]
     if not states:
@@ -144,6 +146,13 @@ def record_chunks(
                     )
                 )
                 settled += 1
+            elif last_failed and interrupted:
+                # the run died, not the chunk: the next run picks the item up again
+                item_rows.append(
+                    (item["process_id"], st.chunk_id, last, "failed", "pending", None)
+                    + (None,) * 4
+                    + (f"interrupted: run {layout.run_id} died before this item finished",)
+                )
             elif last_failed:
                 item_rows.append(
                     (
@@ -247,11 +256,13 @@ def record_chunks(
         )
         cur.execute(
             sql.SQL(
-                "UPDATE {} ps SET status = t.ps_status, current_stage = t.stage, error_message = t.error,"
+                "UPDATE {} ps SET status = t.ps_status, current_stage = coalesce(t.stage, ps.current_stage),"
+                " error_message = CASE WHEN t.ps_status = 'error' THEN t.error END,"
                 " updated_at = now() FROM _ecod_items t"
                 " WHERE ps.id = t.process_id AND ps.batch_id = %s AND t.ps_status IS NOT NULL"
-                " AND (ps.status IS DISTINCT FROM t.ps_status OR ps.error_message IS DISTINCT FROM t.error"
-                "      OR ps.current_stage IS DISTINCT FROM t.stage)"
+                " AND (ps.status IS DISTINCT FROM t.ps_status"
+                "      OR ps.error_message IS DISTINCT FROM CASE WHEN t.ps_status = 'error' THEN t.error END"
+                "      OR ps.current_stage IS DISTINCT FROM coalesce(t.stage, ps.current_stage))"
             ).format(db.table("process_status")),
             (plan["batch_id"],),
         )
@@ -357,33 +368,36 @@ def finish_run_row(db: Database, run_id: str, status: str, message: str | None =
     )
 
 
-def reconcile_run(db: Database, layout: RunLayout, *, run_over: bool = True) -> dict[str, int]:
+def reconcile_run(
+    db: Database, layout: RunLayout, *, run_over: bool = True, interrupted: bool = False
+) -> dict[str, int]:
     """Record every chunk of a run from its files, then the scheduler's detail and batch totals."""
     plan = layout.read_plan()
     chunks = [c["chunk_id"] for c in plan["chunks"]]
-    settled = record_chunks(db, layout, plan, chunks, run_over=run_over)
+    settled = record_chunks(db, layout, plan, chunks, run_over=run_over, interrupted=interrupted)
     enrich_from_scheduler(db, layout.run_id)
     done, total = update_batch_totals(db, plan["batch_id"])
     return {"chunks": len(chunks), "settled": settled, "done": done, "total": total}
 
 
-def _run_alive(db: Database, run_id: str) -> bool:
+def run_state(db: Database, run_id: str) -> str:
+    """``alive`` (its process runs), ``dead`` (never ended, process gone) or ``ended``."""
+    from .lease import LEASE_SECONDS, pid_alive
+
     rows = db.query(
-        sql.SQL("SELECT status, host, pid FROM {} WHERE run_id = %s").format(db.table("ecod_jobs_run")),
+        sql.SQL(
+            "SELECT r.status, r.host, r.pid, extract(epoch FROM now() - l.heartbeat_at) FROM {} r"
+            " LEFT JOIN {} l ON l.run_id = r.run_id WHERE r.run_id = %s"
+        ).format(db.table("ecod_jobs_run"), db.table("ecod_jobs_lease")),
         (run_id,),
     )
     if not rows or rows[0][0] != "running":
-        return False
-    _status, host, pid = rows[0]
-    if host == socket.gethostname() and pid:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return True  # another host's run: trust its row
+        return "ended"
+    _status, host, pid, beat_age = rows[0]
+    if host == socket.gethostname():
+        return "alive" if pid and pid_alive(int(pid)) else "dead"
+    # another host: alive while its lease is renewed
+    return "alive" if beat_age is not None and float(beat_age) <= LEASE_SECONDS else "dead"
 
 
 def sync_batch(
@@ -401,9 +415,9 @@ def sync_batch(
     report: dict[str, Any] = {"batch_id": batch_id, "runs": 0, "chunks": 0, "settled": 0}
     for name in types:
         for run in BatchLayout.create(work_root, batch_id, name).runs():
-            alive = _run_alive(db, run.run_id)
-            result = reconcile_run(db, run, run_over=not alive)
-            if not alive:
+            state = run_state(db, run.run_id)
+            result = reconcile_run(db, run, run_over=state != "alive", interrupted=state == "dead")
+            if state == "dead":
                 _close_dead_run(db, run.run_id)
             report["runs"] += 1
             report["chunks"] += result["chunks"]
@@ -417,7 +431,7 @@ def _close_dead_run(db: Database, run_id: str) -> None:
     db.query(
         sql.SQL(
             "UPDATE {} SET status = 'interrupted', ended_at = coalesce(ended_at, now()),"
-            " message = coalesce(message, 'closed by ecod-jobs sync: the run is no longer alive')"
+            " message = coalesce(message, 'interrupted: its process died before the run ended')"
             " WHERE run_id = %s AND status = 'running'"
         ).format(db.table("ecod_jobs_run")),
         (run_id,),

@@ -30,6 +30,7 @@ from .sync import finish_run_row, reconcile_run, record_chunks
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "ECOD_JOBS_RUN_ID"
+_heartbeat: Any = None  # the main process's lease heartbeat (set by on_start)
 CHUNK_RULE = "chunk"
 
 
@@ -138,14 +139,34 @@ def on_start(ctx: WorkflowContext) -> None:
             __version__,
         ),
     )
+    from .lease import Heartbeat, acquire
+    from .recovery import recover_dead_runs
+
+    acquire(db, ctx.batch_id, ctx.spec.name, ctx.run_id)  # raises if a live run holds the batch
+    recovered = recover_dead_runs(db, ctx.config, ctx.batch_id, ctx.spec.name, ctx.run_id)
+    if recovered:
+        print(f"ecod-jobs: recovered dead runs {', '.join(recovered)}", file=sys.stderr)
+    global _heartbeat
+    _heartbeat = Heartbeat(db, ctx.run_id).start()
     LiveRecorder.activate(ctx)
     log.info("run %s of batch %d (%s) started", ctx.run_id, ctx.batch_id, ctx.spec.name)
 
 
 def on_finish(ctx: WorkflowContext, success: bool) -> None:
     """Final reconciliation from the files: every chunk, sacct detail, batch totals, run state."""
+    from .lease import release
+
     LiveRecorder.deactivate()
+    if _heartbeat is not None:
+        _heartbeat.stop()
     db = ctx.db()
+    try:
+        _finish(ctx, db, success)
+    finally:
+        release(db, ctx.run_id)
+
+
+def _finish(ctx: WorkflowContext, db: Database, success: bool) -> None:
     if not ctx.run.plan.exists():  # failed before planning
         finish_run_row(db, ctx.run_id, "error", "the run ended before it was planned")
         return

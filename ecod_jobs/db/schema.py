@@ -147,6 +147,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS ecod_jobs_run_batch_idx ON {s}.ecod_jobs_run (batch_id)",
         ),
     ),
+    Migration(
+        4,
+        "run leases: one live run per batch and job type, kept alive by a heartbeat",
+        (
+            """CREATE TABLE IF NOT EXISTS {s}.ecod_jobs_lease (
+                batch_id INTEGER NOT NULL REFERENCES {s}.batch(id),
+                job_type VARCHAR(50) NOT NULL,
+                run_id UUID NOT NULL,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                acquired_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                heartbeat_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                PRIMARY KEY (batch_id, job_type)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,144 @@
+"""One live run per batch and job type: a lease in PostgreSQL kept alive by a heartbeat.
+
+A run takes the lease before it plans (``run_batch`` and the workflow's
+``onstart``), renews it every ``HEARTBEAT_SECONDS`` from the main Snakemake
+process, and drops it at the end. A second run is refused with the holder's
+host, pid, run id and times. A holder that stopped renewing for
+``LEASE_SECONDS`` (or whose pid is gone on this very host) is dead: the next
+run takes the lease over, without anyone editing the database, and recovers
+the dead run (see :func:`ecod_jobs.recovery.recover_dead_runs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from psycopg2 import sql
+
+from .db import Database
+from .exceptions import RunConflictError
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 120
+HEARTBEAT_SECONDS = 30
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a killed process awaiting its reaper)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
+    return state not in ("Z", "X")
+
+
+def holder(db: Database, batch_id: int, job_type: str) -> dict[str, Any] | None:
+    rows = db.query(
+        sql.SQL(
+            "SELECT run_id, host, pid, acquired_at, heartbeat_at, extract(epoch FROM now() - heartbeat_at)"
+            " FROM {} WHERE batch_id = %s AND job_type = %s"
+        ).format(db.table("ecod_jobs_lease")),
+        (batch_id, job_type),
+    )
+    if not rows:
+        return None
+    run_id, host, pid, acquired, beat, age = rows[0]
+    return {
+        "run_id": str(run_id),
+        "host": host,
+        "pid": pid,
+        "acquired_at": acquired,
+        "heartbeat_at": beat,
+        "heartbeat_age": float(age),
+    }
+
+
+def _is_dead(current: dict[str, Any]) -> bool:
+    if current["heartbeat_age"] > LEASE_SECONDS:
+        return True
+    return current["host"] == socket.gethostname() and not pid_alive(int(current["pid"]))
+
+
+def acquire(db: Database, batch_id: int, job_type: str, run_id: str, pid: int | None = None) -> str | None:
+    """Take the lease for ``run_id``; returns the dead holder's run id it replaced, if any.
+
+    Raises :class:`RunConflictError` naming the holder when a live run has it.
+    """
+    pid = os.getpid() if pid is None else pid
+    current = holder(db, batch_id, job_type)
+    replaced = None
+    if current and current["run_id"] != run_id:
+        if not _is_dead(current):
+            raise RunConflictError(
+                f"batch {batch_id} (job type {job_type}) is already being run by run {current['run_id']}"
+                f" on host {current['host']} (pid {current['pid']})"
+                f" since {current['acquired_at']:%Y-%m-%d %H:%M:%S};"
+                f" last heartbeat {current['heartbeat_age']:.0f} s ago (the lease expires {LEASE_SECONDS} s"
+                " after the last heartbeat)",
+                {"holder": {k: str(v) for k, v in current.items()}},
+            )
+        replaced = current["run_id"]
+    # One statement decides, so two runs racing for a free or dead lease cannot both win.
+    rows = db.query(
+        sql.SQL(
+            "INSERT INTO {t} AS l (batch_id, job_type, run_id, host, pid) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (batch_id, job_type) DO UPDATE SET run_id = EXCLUDED.run_id, host = EXCLUDED.host,"
+            " pid = EXCLUDED.pid, heartbeat_at = now(),"
+            " acquired_at = CASE WHEN l.run_id = EXCLUDED.run_id THEN l.acquired_at ELSE now() END"
+            " WHERE l.run_id = EXCLUDED.run_id OR l.run_id::text = %s"
+            " OR l.heartbeat_at < now() - make_interval(secs => %s)"
+            " RETURNING run_id"
+        ).format(t=db.table("ecod_jobs_lease")),
+        (batch_id, job_type, run_id, socket.gethostname(), pid, replaced or "", LEASE_SECONDS),
+    )
+    if not rows:  # lost a race: report whoever won
+        return acquire(db, batch_id, job_type, run_id, pid)
+    if replaced:
+        log.warning("took over the lease of dead run %s for batch %d (%s)", replaced, batch_id, job_type)
+    return replaced
+
+
+def release(db: Database, run_id: str) -> None:
+    db.query(sql.SQL("DELETE FROM {} WHERE run_id = %s").format(db.table("ecod_jobs_lease")), (run_id,))
+
+
+class Heartbeat:
+    """Renews a run's lease from a daemon thread until stopped."""
+
+    def __init__(self, db: Database, run_id: str, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.db = db
+        self.run_id = run_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ecod-jobs-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.db.query(
+                    sql.SQL("UPDATE {} SET heartbeat_at = now() WHERE run_id = %s").format(
+                        self.db.table("ecod_jobs_lease")
+                    ),
+                    (self.run_id,),
+                )
+            except Exception as exc:  # the database may be away for a while: keep trying
+                log.warning("lease heartbeat failed (will retry): %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()

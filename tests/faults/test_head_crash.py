@@ -1,0 +1,142 @@
+"""Head-node crash: SIGKILL the main processes mid-run; the same command finishes the batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import write_config
+
+pytestmark = pytest.mark.slow
+
+COMMAND = "sleep 1.5; echo ran >> {output_dir}/{item_id}.count"
+
+
+def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def make_batch(
+    tmp_path: Path, scratch_db: dict[str, Any], n: int, extra: dict[str, Any] | None = None
+) -> Path:
+    from helpers import run_cli
+
+    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(1, n + 1)))
+    cfg = write_config(
+        tmp_path / "config.yml",
+        {
+            "database": scratch_db,
+            "pipeline": {"work_root": str(tmp_path / "work")},
+            "job_types": {
+                "slow": {
+                    "command": COMMAND,
+                    "batch_size": 2,
+                    "memory": "1G",
+                    "check_inputs": False,
+                    **(extra or {}),
+                }
+            },
+        },
+    )
+    created = run_cli(
+        "--config",
+        str(cfg),
+        "batch",
+        "create",
+        "--name",
+        "crash",
+        "--items",
+        str(tmp_path / "items.tsv"),
+        "--base-path",
+        str(tmp_path),
+    )
+    assert created.returncode == 0, created.stderr
+    return cfg
+
+
+def start_run(cfg: Path, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ecod_jobs.cli", "--config", str(cfg), "run", "--batch", "1", *extra],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_counted_once(pg_conn: Any, tmp_path: Path, n: int, output: Path) -> None:
+    assert q(pg_conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY status") == [
+        ("success", n)
+    ]
+    per_item = q(
+        pg_conn,
+        "SELECT process_id, count(*) FROM ecod_schema.job_item WHERE status = 'completed'"
+        " GROUP BY process_id ORDER BY process_id",
+    )
+    assert per_item == [(i, 1) for i in range(1, n + 1)], "each item completed exactly once"
+    counts = {p.name: p.read_text().count("ran") for p in output.glob("*.count")}
+    assert len(counts) == n and set(counts.values()) == {1}, f"each command ran once: {counts}"
+    assert q(pg_conn, "SELECT completed_items, status FROM ecod_schema.batch") == [(n, "completed")]
+
+
+def test_local_head_crash_then_rerun_finishes(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    n = 10
+    cfg = make_batch(tmp_path, scratch_db, n)
+    first = start_run(cfg, tmp_path, "--profile", "local")
+    output = tmp_path / "slow"
+    wait_for(lambda: len(list(output.glob("*.count"))) >= 3)  # mid-run: some items done, chunks running
+    snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
+    os.kill(first.pid, signal.SIGKILL)  # the whole head side dies at once
+    os.kill(snakemake_pid, signal.SIGKILL)
+    first.wait()
+    assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("running",)]
+
+    second = start_run(cfg, tmp_path, "--profile", "local")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out + err
+    runs = q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run ORDER BY started_at")
+    assert runs == [("interrupted",), ("success",)], out + err
+    assert_counted_once(pg_conn, tmp_path, n, output)
+
+
+@pytest.mark.slurm
+def test_slurm_head_crash_cancels_stray_jobs_then_rerun_finishes(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, slurm_cluster: None
+) -> None:
+    n = 8
+    cfg = make_batch(tmp_path, scratch_db, n)
+    first = start_run(cfg, tmp_path, "--profile", "slurm")
+    output = tmp_path / "slow"
+    wait_for(lambda: len(list(output.glob("*.count"))) >= 1, timeout=180)
+    snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
+    os.kill(first.pid, signal.SIGKILL)
+    os.kill(snakemake_pid, signal.SIGKILL)
+    first.wait()
+    second = start_run(cfg, tmp_path, "--profile", "slurm")
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, out + err
+    assert_counted_once(pg_conn, tmp_path, n, output)
+    dead_run = q(pg_conn, "SELECT run_id FROM ecod_schema.ecod_jobs_run WHERE status = 'interrupted'")[0][0]
+    from ecod_jobs.recovery import slurm_name_prefix
+
+    queue = subprocess.run(["squeue", "--me", "-h", "-o", "%j"], capture_output=True, text=True).stdout
+    assert slurm_name_prefix(str(dead_run)) not in queue, "the dead run's jobs were cancelled"
