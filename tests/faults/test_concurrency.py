@@ -1,0 +1,117 @@
+"""Two runs of one batch and job type: the second is refused; other batches run side by side."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from helpers import run_cli, write_config
+
+from ecod_jobs.runs import run_batch
+
+
+def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def make_config(tmp_path: Path, scratch_db: dict[str, Any], command: str) -> Path:
+    return write_config(
+        tmp_path / "config.yml",
+        {
+            "database": scratch_db,
+            "pipeline": {"work_root": str(tmp_path / "work")},
+            "job_types": {"t": {"command": command, "batch_size": 2, "check_inputs": False}},
+        },
+    )
+
+
+def make_batch(cfg: Path, tmp_path: Path, name: str, n: int) -> int:
+    items = tmp_path / f"{name}.tsv"
+    items.write_text("path\n" + "".join(f"{name}_{i}\n" for i in range(n)))
+    created = run_cli(
+        "--config",
+        str(cfg),
+        "batch",
+        "create",
+        "--name",
+        name,
+        "--items",
+        str(items),
+        "--base-path",
+        str(tmp_path),
+    )
+    assert created.returncode == 0, created.stderr
+    return int(created.stdout.split()[-1])
+
+
+def test_second_run_of_same_batch_is_refused_naming_the_holder(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    cfg = make_config(tmp_path, scratch_db, "sleep 2")
+    batch = make_batch(cfg, tmp_path, "b", 4)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ecod_jobs.cli", "--config", str(cfg), "run", "--batch", str(batch)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not q(pg_conn, "SELECT 1 FROM ecod_schema.ecod_jobs_lease"):
+        time.sleep(0.2)
+    holder = q(pg_conn, "SELECT run_id, pid FROM ecod_schema.ecod_jobs_lease")[0]
+    second = run_cli("--config", str(cfg), "run", "--batch", str(batch), cwd=tmp_path)
+    assert second.returncode == 2
+    message = second.stderr.strip()
+    assert f"already being run by run {holder[0]} on host {socket.gethostname()} (pid" in message
+    assert "since" in message and "Traceback" not in message
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    # no item was processed twice, and the lease is gone once the run ended
+    per_item = q(pg_conn, "SELECT count(*) FROM ecod_schema.job_item GROUP BY process_id")
+    assert per_item == [(1,)] * 4
+    assert q(pg_conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_lease") == [(0,)]
+
+
+def test_dead_holder_on_another_host_is_taken_over(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(tmp_path, scratch_db, "true")
+    batch = make_batch(cfg, tmp_path, "b", 3)
+    run_cli("--config", str(cfg), "db", "init")
+    with pg_conn.cursor() as cur:  # a run on a head node that vanished 10 minutes ago
+        cur.execute(
+            "INSERT INTO ecod_schema.ecod_jobs_lease (batch_id, job_type, run_id, host, pid, heartbeat_at)"
+            " VALUES (%s, 't', gen_random_uuid(), 'gone-host', 1, now() - interval '10 minutes')",
+            (batch,),
+        )
+    result = run_batch(batch, config_path=cfg, cores=2)
+    assert result.ok and result.by_status == {"success": 3}
+
+
+def test_two_batches_run_side_by_side(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(tmp_path, scratch_db, "sleep 1")
+    batches = [make_batch(cfg, tmp_path, name, 4) for name in ("a", "b")]
+    results: dict[int, Any] = {}
+    threads = [
+        threading.Thread(target=lambda b=b: results.__setitem__(b, run_batch(b, config_path=cfg, cores=1)))
+        for b in batches
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[b].ok and results[b].by_status == {"success": 4} for b in batches)
+    overlap = q(pg_conn, "SELECT max(started_at) < min(ended_at) FROM ecod_schema.ecod_jobs_run")
+    assert overlap == [(True,)], "the two runs overlapped in time"
