@@ -47,3 +47,29 @@ def connect_scratch(section: dict[str, Any]) -> Any:
     )
     conn.autocommit = True
     return conn
+
+
+def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of one query on a test connection."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def create_batch(cfg: Path, items: Path, name: str, base_path: Path, cwd: Path | None = None) -> int:
+    """Register a batch through the real CLI and return its id."""
+    created = run_cli(
+        "--config",
+        str(cfg),
+        "batch",
+        "create",
+        "--name",
+        name,
+        "--items",
+        str(items),
+        "--base-path",
+        str(base_path),
+        cwd=cwd,
+    )
+    assert created.returncode == 0, created.stderr
+    return int(created.stdout.split()[-1])

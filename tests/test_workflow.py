@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import REPO, connect_scratch, run_cli, write_config
+from helpers import REPO, connect_scratch, create_batch, q, run_cli, write_config
 
 from ecod_jobs.runs import run_batch
 
@@ -20,12 +20,6 @@ COMMAND = (
     "test ! -e {output_dir}/fail_{item_id} || {{ echo 'marked to fail' >&2; exit 7; }};"
     " echo done {item_id} > {output_dir}/{item_id}.out"
 )
-
-
-def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
 
 
 def setup_batch(
@@ -61,20 +55,7 @@ def setup_batch(
         **(extra or {}),
     }
     path = write_config(tmp_path / "config.yml", cfg)
-    created = run_cli(
-        "--config",
-        str(path),
-        "batch",
-        "create",
-        "--name",
-        "wf",
-        "--items",
-        str(tmp_path / "items.tsv"),
-        "--base-path",
-        str(tmp_path),
-    )
-    assert created.returncode == 0, created.stderr
-    return path, int(created.stdout.split()[-1])
+    return path, create_batch(path, tmp_path / "items.tsv", "wf", tmp_path)
 
 
 def assert_each_item_once(conn: Any, run_id: str, expected: set[int]) -> None:
@@ -291,19 +272,7 @@ def test_demo_job_type_on_real_proteins(
     repo_cfg["pipeline"]["work_root"] = str(tmp_path / "work")
     cfg = write_config(tmp_path / "config.yml", repo_cfg)
     items = prepare(tmp_path / "demo", limit=12)  # includes HG003688_10, which has Pfam hits
-    created = run_cli(
-        "--config",
-        str(cfg),
-        "batch",
-        "create",
-        "--name",
-        "demo",
-        "--items",
-        str(items),
-        "--base-path",
-        str(tmp_path / "demo"),
-    )
-    batch = int(created.stdout.split()[-1])
+    batch = create_batch(cfg, items, "demo", tmp_path / "demo")
     result = run_batch(batch, config_path=cfg, job_type="domain_scan", cores=2)
     assert result.ok and result.by_status == {"success": 12}
     outputs = sorted((tmp_path / "demo" / "domain_scan").glob("*.domains.tsv"))

@@ -10,15 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import run_cli, write_config
+from helpers import create_batch, q, run_cli, write_config
 
 from ecod_jobs.runs import run_batch
-
-
-def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
 
 
 def make_config(tmp_path: Path, scratch_db: dict[str, Any], command: str) -> Path:
@@ -35,20 +29,7 @@ def make_config(tmp_path: Path, scratch_db: dict[str, Any], command: str) -> Pat
 def make_batch(cfg: Path, tmp_path: Path, name: str, n: int) -> int:
     items = tmp_path / f"{name}.tsv"
     items.write_text("path\n" + "".join(f"{name}_{i}\n" for i in range(n)))
-    created = run_cli(
-        "--config",
-        str(cfg),
-        "batch",
-        "create",
-        "--name",
-        name,
-        "--items",
-        str(items),
-        "--base-path",
-        str(tmp_path),
-    )
-    assert created.returncode == 0, created.stderr
-    return int(created.stdout.split()[-1])
+    return create_batch(cfg, items, name, tmp_path)
 
 
 def test_second_run_of_same_batch_is_refused_naming_the_holder(

@@ -11,23 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_config
+from helpers import create_batch, q, write_config
 
 pytestmark = pytest.mark.slow
 
 COMMAND = "sleep 1.5; echo ran >> {output_dir}/{item_id}.count"
 
 
-def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
 def make_batch(
     tmp_path: Path, scratch_db: dict[str, Any], n: int, extra: dict[str, Any] | None = None
 ) -> Path:
-    from helpers import run_cli
 
     (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(1, n + 1)))
     cfg = write_config(
@@ -46,19 +39,7 @@ def make_batch(
             },
         },
     )
-    created = run_cli(
-        "--config",
-        str(cfg),
-        "batch",
-        "create",
-        "--name",
-        "crash",
-        "--items",
-        str(tmp_path / "items.tsv"),
-        "--base-path",
-        str(tmp_path),
-    )
-    assert created.returncode == 0, created.stderr
+    create_batch(cfg, tmp_path / "items.tsv", "crash", tmp_path)
     return cfg
 
 

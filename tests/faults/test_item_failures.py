@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers import run_cli, write_config
+from helpers import create_batch, write_config
 
 from ecod_jobs.runs import run_batch
 
@@ -26,19 +26,7 @@ def test_missing_input_nonzero_exit_and_hang_are_item_errors(
             "job_types": {"t": {"command": command, "batch_size": 10, "item_timeout": 2}},
         },
     )
-    created = run_cli(
-        "--config",
-        str(cfg),
-        "batch",
-        "create",
-        "--name",
-        "f",
-        "--items",
-        str(tmp_path / "items.tsv"),
-        "--base-path",
-        str(tmp_path),
-    )
-    batch = int(created.stdout.split()[-1])
+    batch = create_batch(cfg, tmp_path / "items.tsv", "f", tmp_path)
     result = run_batch(batch, config_path=cfg, cores=1)
     assert result.returncode == 0  # the chunk itself succeeded
     with pg_conn.cursor() as cur:
