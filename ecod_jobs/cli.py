@@ -223,12 +223,11 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .db import require_batch
     from .sync import sync_batch
 
     db = Database(config)
     init_schema(db)
-    from .db import require_batch
-
     require_batch(db, args.batch)
     report = sync_batch(db, config, args.batch, args.job_type)
     print(

@@ -20,7 +20,7 @@ from psycopg2 import sql
 
 from .db import Database
 from .layout import BatchLayout, RunLayout
-from .sync import _close_dead_run, reconcile_run, run_state
+from .sync import close_dead_run, reconcile_run, run_state
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,6 @@ def recover_dead_runs(
             _wait_gone(stray)  # read the files only once nothing can write them any more
         if run.plan.exists():
             reconcile_run(db, run, run_over=True, interrupted=True)
-        _close_dead_run(db, run_id)
+        close_dead_run(db, run_id)
         recovered.append(run_id)
     return recovered

@@ -23,7 +23,7 @@ from typing import Any
 from psycopg2 import sql
 
 from .config import job_type_spec, load_config, resolve_config_path
-from .db import Database, init_schema, require_batch
+from .db import Database, failed_items, init_schema, require_batch, status_counts
 from .exceptions import ConfigurationError, ValidationError
 from .plan import count_needing_work
 from .sync import sync_batch
@@ -92,44 +92,6 @@ def snakemake_args(options: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def item_counts(db: Database, batch_id: int, run_id: str | None = None) -> dict[str, int]:
-    """process_status counts for the batch, or for the items of one run."""
-    if run_id is None:
-        query = sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
-            db.table("process_status")
-        )
-        params: tuple[Any, ...] = (batch_id,)
-    else:
-        query = sql.SQL(
-            "SELECT ps.status, count(*) FROM {} ji JOIN {} j ON j.id = ji.job_id"
-            " JOIN {} ps ON ps.id = ji.process_id WHERE j.run_id = %s GROUP BY ps.status"
-        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
-        params = (run_id,)
-    return {str(k): int(v) for k, v in db.query(query, params)}
-
-
-def failed_items(
-    db: Database, batch_id: int, run_id: str | None = None, limit: int = 1000
-) -> list[dict[str, Any]]:
-    if run_id is None:
-        query = sql.SQL(
-            "SELECT id, relative_path, current_stage, error_message FROM {}"
-            " WHERE batch_id = %s AND status = 'error' ORDER BY id LIMIT %s"
-        ).format(db.table("process_status"))
-        params: tuple[Any, ...] = (batch_id, limit)
-    else:
-        query = sql.SQL(
-            "SELECT ps.id, ps.relative_path, ps.current_stage, ps.error_message FROM {} ji"
-            " JOIN {} j ON j.id = ji.job_id JOIN {} ps ON ps.id = ji.process_id"
-            " WHERE j.run_id = %s AND ps.status = 'error' ORDER BY ps.id LIMIT %s"
-        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
-        params = (run_id, limit)
-    return [
-        {"process_id": pid, "path": path, "stage": stage, "error": error}
-        for pid, path, stage, error in db.query(query, params)
-    ]
-
-
 def run_batch(
     batch_id: int,
     profile: str = "local",
@@ -171,7 +133,7 @@ def run_batch(
     if pending == 0:
         if not dry_run:
             release(db, run_id)
-        return BatchResult(batch_id, None, 0, item_counts(db, batch_id), nothing_to_do=True)
+        return BatchResult(batch_id, None, 0, status_counts(db, batch_id), nothing_to_do=True)
 
     from .recovery import slurm_name_prefix
 
@@ -223,7 +185,7 @@ def run_batch(
                 if progress is not None and not dry_run:
                     # progress is cosmetic; never let it stop the run
                     with contextlib.suppress(Exception):
-                        progress(item_counts(db, batch_id, run_id), pending)
+                        progress(status_counts(db, batch_id, run_id), pending)
                 time.sleep(1.0)
         except KeyboardInterrupt:
             interrupt(proc.pid)  # Snakemake cancels its SLURM jobs on SIGINT
@@ -237,7 +199,7 @@ def run_batch(
             batch_id,
             run_id,
             proc.returncode,
-            item_counts(db, batch_id),
+            status_counts(db, batch_id),
             planned_items=pending,
             log_path=log_path,
             dry_run=True,
@@ -246,7 +208,7 @@ def run_batch(
         batch_id,
         run_id,
         proc.returncode,
-        item_counts(db, batch_id, run_id),
+        status_counts(db, batch_id, run_id),
         failed_items(db, batch_id, run_id),
         planned_items=pending,
         log_path=log_path,
@@ -272,7 +234,7 @@ def interrupt(pid: int) -> bool:
 def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
     """The ``ecod-jobs status`` report (also its ``--json``)."""
     batch = require_batch(db, batch_id)
-    counts = item_counts(db, batch_id)
+    counts = status_counts(db, batch_id)
     by_status = {s: counts.get(s, 0) for s in ("pending", "processing", "success", "error", "skipped")}
     by_status.update({k: v for k, v in counts.items() if k not in by_status})
     jobs = {

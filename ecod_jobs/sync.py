@@ -418,7 +418,7 @@ def sync_batch(
             state = run_state(db, run.run_id)
             result = reconcile_run(db, run, run_over=state != "alive", interrupted=state == "dead")
             if state == "dead":
-                _close_dead_run(db, run.run_id)
+                close_dead_run(db, run.run_id)
             report["runs"] += 1
             report["chunks"] += result["chunks"]
             report["settled"] += result["settled"]
@@ -427,7 +427,7 @@ def sync_batch(
     return report
 
 
-def _close_dead_run(db: Database, run_id: str) -> None:
+def close_dead_run(db: Database, run_id: str) -> None:
     db.query(
         sql.SQL(
             "UPDATE {} SET status = 'interrupted', ended_at = coalesce(ended_at, now()),"

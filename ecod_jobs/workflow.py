@@ -22,7 +22,7 @@ from psycopg2 import sql
 
 from . import __version__
 from .config import JobTypeSpec, config_hash, job_type_spec, load_config
-from .db import Database, init_schema
+from .db import Database, init_schema, status_counts
 from .exceptions import ConfigurationError
 from .layout import BatchLayout, RunLayout
 from .sync import finish_run_row, reconcile_run, record_chunks
@@ -171,14 +171,7 @@ def _finish(ctx: WorkflowContext, db: Database, success: bool) -> None:
         finish_run_row(db, ctx.run_id, "error", "the run ended before it was planned")
         return
     summary = reconcile_run(db, ctx.run, run_over=True)
-    counts = db.query(
-        sql.SQL(
-            "SELECT ps.status, count(*) FROM {} ji JOIN {} j ON j.id = ji.job_id"
-            " JOIN {} ps ON ps.id = ji.process_id WHERE j.run_id = %s GROUP BY ps.status"
-        ).format(db.table("job_item"), db.table("job"), db.table("process_status")),
-        (ctx.run_id,),
-    )
-    by_status = {str(k): int(v) for k, v in counts}
+    by_status = status_counts(db, ctx.batch_id, ctx.run_id)
     failed_items = by_status.get("error", 0)
     status = "success" if success and not failed_items else "error"
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"

@@ -1,6 +1,14 @@
 """PostgreSQL data layer: connections, schema migrations, bulk writes, batches."""
 
-from .batches import Batch, create_batch, get_batch, list_batches, require_batch, status_counts
+from .batches import (
+    Batch,
+    create_batch,
+    failed_items,
+    get_batch,
+    list_batches,
+    require_batch,
+    status_counts,
+)
 from .connection import ConnectionInfo, Database
 from .schema import LATEST_VERSION, current_version, init_schema
 
@@ -11,6 +19,7 @@ __all__ = [
     "Database",
     "create_batch",
     "current_version",
+    "failed_items",
     "get_batch",
     "init_schema",
     "list_batches",

@@ -131,12 +131,40 @@ def list_batches(db: Database) -> list[Batch]:
     return [Batch.from_row(r) for r in rows]
 
 
-def status_counts(db: Database, batch_id: int) -> dict[str, int]:
-    """``process_status`` counts by status for one batch (index-only on batch_id, status)."""
-    rows = db.query(
-        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+def status_counts(db: Database, batch_id: int, run_id: str | None = None) -> dict[str, int]:
+    """``process_status`` counts by status: the whole batch, or the items of one run."""
+    if run_id is None:  # index-only on (batch_id, status)
+        query = sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
             db.table("process_status")
-        ),
-        (batch_id,),
-    )
-    return {str(status): int(n) for status, n in rows}
+        )
+        params: tuple[Any, ...] = (batch_id,)
+    else:
+        query = sql.SQL(
+            "SELECT ps.status, count(*) FROM {} ji JOIN {} j ON j.id = ji.job_id"
+            " JOIN {} ps ON ps.id = ji.process_id WHERE j.run_id = %s GROUP BY ps.status"
+        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
+        params = (run_id,)
+    return {str(status): int(n) for status, n in db.query(query, params)}
+
+
+def failed_items(
+    db: Database, batch_id: int, run_id: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Items in ``error`` with their messages: the whole batch, or one run's."""
+    if run_id is None:
+        query = sql.SQL(
+            "SELECT id, relative_path, current_stage, error_message FROM {}"
+            " WHERE batch_id = %s AND status = 'error' ORDER BY id LIMIT %s"
+        ).format(db.table("process_status"))
+        params: tuple[Any, ...] = (batch_id, limit)
+    else:
+        query = sql.SQL(
+            "SELECT ps.id, ps.relative_path, ps.current_stage, ps.error_message FROM {} ji"
+            " JOIN {} j ON j.id = ji.job_id JOIN {} ps ON ps.id = ji.process_id"
+            " WHERE j.run_id = %s AND ps.status = 'error' ORDER BY ps.id LIMIT %s"
+        ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
+        params = (run_id, limit)
+    return [
+        {"process_id": pid, "path": path, "stage": stage, "error": error}
+        for pid, path, stage, error in db.query(query, params)
+    ]
