@@ -2,10 +2,12 @@
 
     {work_root}/batch_{batch_id}/{job_type}/runs/{run_id}/
         plan.json                  the checkpoint's output: chunks and settings
+        ended.json                 written as the run ends: success, time
         chunks/{chunk}.jsonl       chunk manifests (one item per line)
         results/{chunk}.jsonl      final per-item results (written atomically)
         results/{chunk}.partial.jsonl   results appended as items finish
         results/{chunk}.attempt-{n}.json  one per attempt: host, SLURM ids, start
+        results/{chunk}.lock       flock held by the chunk's runner and its items
         logs/{chunk}.log           the items' stdout and stderr
 
 Nothing here touches PostgreSQL, so the Snakefile can use it at parse time on
@@ -93,8 +95,23 @@ class RunLayout:
     def log(self, chunk: str) -> Path:
         return self.dir / "logs" / f"{chunk}.log"
 
+    def lock(self, chunk: str) -> Path:
+        """Held (flock) by the chunk's runner and every item process it starts."""
+        return self.dir / "results" / f"{chunk}.lock"
+
     def read_plan(self) -> dict[str, Any]:
         return json.loads(self.plan.read_text())
+
+    @property
+    def ended(self) -> Path:
+        """Written when Snakemake ends (before the database is told): success and time."""
+        return self.dir / "ended.json"
+
+    def read_ended(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.ended.read_text()))
+        except (OSError, ValueError):
+            return None
 
 
 # --------------------------------------------------------------------------- files

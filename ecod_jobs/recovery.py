@@ -3,15 +3,22 @@
 When a new run takes the lease over from a dead one, it first settles the
 dead run: its SLURM jobs still queued or running are cancelled (not adopted:
 Snakemake cannot re-attach to them, and their chunks will be planned again),
+every process still holding one of its chunk locks on this host is stopped,
 the chunks it finished are recorded from their result files (so they are not
 rerun), and the items it never finished go back to ``pending``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +26,9 @@ from typing import Any
 from psycopg2 import sql
 
 from .db import Database
+from .exceptions import RunConflictError
 from .layout import BatchLayout, RunLayout
-from .sync import close_dead_run, reconcile_run, run_state
+from .sync import close_dead_run, finish_run, reconcile_run, run_state
 
 log = logging.getLogger(__name__)
 
@@ -60,43 +68,82 @@ def _live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
     return sorted(ids)
 
 
-def _stop_local_runners(run: RunLayout) -> int:
-    """Stop chunk runners a dead run left on this host (local profile): they would race the next run."""
-    import os
-    import signal
-    import socket
-    import time
+def _lock_free(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # no locking on this filesystem: nothing can be holding it either
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock again
 
-    stopped = 0
-    if not run.plan.exists():
-        return 0
-    for chunk in run.read_plan()["chunks"]:
-        cid = chunk["chunk_id"]
-        if run.result(cid).exists():
+
+def _local_holders(path: Path) -> list[int]:
+    """Processes on this host with the lock file open (runner and item processes)."""
+    target = os.path.realpath(path)
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        for meta in run.attempts(cid).values():
-            pid = meta.get("pid")
-            if not pid or meta.get("slurm_job_id") or meta.get("node") != socket.gethostname():
-                continue
-            try:  # the pid must still be this run's runner, not a reused pid
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    holders.append(int(proc.name))
+                    break
             except OSError:
                 continue
-            if "ecod_jobs.runner" not in cmdline or run.run_id not in cmdline or cid not in cmdline:
-                continue
-            os.kill(int(pid), signal.SIGTERM)  # its handler takes the running item down with it
-            for _ in range(50):
-                if not os.path.exists(f"/proc/{pid}"):
-                    break
-                time.sleep(0.1)
-            stopped += 1
-    return stopped
+    return holders
+
+
+def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30) -> int:
+    """Make sure nothing of a dead run still works on its unfinished chunks.
+
+    Every runner and item process holds its chunk's lock (see
+    :func:`ecod_jobs.runner.hold_chunk_lock`). Holders on this host are sent
+    SIGTERM, then SIGKILL after ``grace`` seconds; a lock still held after
+    ``timeout`` (a process on another host) is an error, because resetting its
+    items now would let them run twice. Returns the number of processes stopped.
+    """
+    if not run.plan.exists():
+        return 0
+    held = [
+        run.lock(c["chunk_id"])
+        for c in run.read_plan()["chunks"]
+        if not run.result(c["chunk_id"]).exists() and not _lock_free(run.lock(c["chunk_id"]))
+    ]
+    stopped: set[int] = set()
+    start = time.monotonic()
+    for sig, until in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
+        for path in held:
+            for pid in _local_holders(path):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+                    stopped.add(pid)
+        while held and time.monotonic() - start < until:
+            held = [p for p in held if not _lock_free(p)]
+            if held:
+                time.sleep(0.2)
+    if held:
+        raise RunConflictError(
+            f"processes of dead run {run.run_id} still hold {', '.join(p.name for p in held)}"
+            f" (not on this host, {socket.gethostname()}); their items would run twice."
+            " Wait for them to end (or kill them), then run again"
+        )
+    return len(stopped)
 
 
 def _wait_gone(job_ids: list[str], timeout: float = 120) -> None:
     """Wait until squeue lists none of the jobs as pending or running (scancel is asynchronous)."""
-    import time
-
     bases = {j.split("_")[0] for j in job_ids}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,13 +179,19 @@ def recover_dead_runs(
         if run_state(db, run_id) == "alive":
             continue
         run = layout.run(run_id)
-        if _stop_local_runners(run):
-            log.warning("stopped local chunk runners left by dead run %s", run_id)
+        ended = run.read_ended()
+        if ended is not None:  # it ended while the database was away: finish its record
+            finish_run(db, run, batch_id, bool(ended.get("success")))
+            recovered.append(run_id)
+            continue
         stray = _live_slurm_jobs(db, run)
         if stray and slurm_cli.available("scancel"):
             log.warning("cancelling %d SLURM jobs left by dead run %s", len(stray), run_id)
             slurm_cli.scancel(stray)
-            _wait_gone(stray)  # read the files only once nothing can write them any more
+            _wait_gone(stray)
+        # read the files only once nothing can write them any more
+        if stopped := stop_chunk_processes(run):
+            log.warning("stopped %d processes left by dead run %s", stopped, run_id)
         if run.plan.exists():
             reconcile_run(db, run, run_over=True, interrupted=True)
         close_dead_run(db, run_id)

@@ -27,6 +27,27 @@ def run_cli(
     )
 
 
+def start_cli(*args: str, cwd: Path, preexec_fn: Any = None) -> subprocess.Popen[str]:
+    """Start the real ``ecod-jobs`` entry point without waiting (for faults injected mid-run)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ecod_jobs.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (yet)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     import yaml
 
@@ -56,20 +77,11 @@ def q(conn: Any, query: str, *params: Any) -> list[tuple[Any, ...]]:
         return cur.fetchall()
 
 
-def create_batch(cfg: Path, items: Path, name: str, base_path: Path, cwd: Path | None = None) -> int:
-    """Register a batch through the real CLI and return its id."""
+def create_batch(cfg: Path, items: Path, name: str, base_path: Path | None, cwd: Path | None = None) -> int:
+    """Register a batch through the real CLI and return its id (no base path: paths as given)."""
+    base = ["--base-path", str(base_path)] if base_path is not None else []
     created = run_cli(
-        "--config",
-        str(cfg),
-        "batch",
-        "create",
-        "--name",
-        name,
-        "--items",
-        str(items),
-        "--base-path",
-        str(base_path),
-        cwd=cwd,
+        "--config", str(cfg), "batch", "create", "--name", name, "--items", str(items), *base, cwd=cwd
     )
     assert created.returncode == 0, created.stderr
     return int(created.stdout.split()[-1])

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, write_config
+from helpers import create_batch, q, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +42,6 @@ def make_batch(
     return cfg
 
 
-def start_run(cfg: Path, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ecod_jobs.cli", "--config", str(cfg), "run", "--batch", "1", *extra],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def wait_for(predicate: Any, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,9 +51,7 @@ def wait_for(predicate: Any, timeout: float = 90) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def assert_counted_once(
-    pg_conn: Any, tmp_path: Path, n: int, output: Path, *, commands_once: bool = True
-) -> None:
+def assert_counted_once(pg_conn: Any, tmp_path: Path, n: int, output: Path) -> None:
     assert q(pg_conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY status") == [
         ("success", n)
     ]
@@ -76,13 +63,7 @@ def assert_counted_once(
     assert per_item == [(i, 1) for i in range(1, n + 1)], "each item completed exactly once"
     counts = {p.name: p.read_text().count("ran") for p in output.glob("*.count")}
     assert len(counts) == n, f"every command ran: {counts}"
-    if commands_once:
-        assert set(counts.values()) == {1}, f"each command ran once: {counts}"
-    else:
-        # Known gap (issue #5, open): on SLURM an item that was running when the dead
-        # run's job was cancelled can still finish its command once; the database
-        # counts it once all the same.
-        assert set(counts.values()) <= {1, 2}, f"no command ran more than twice: {counts}"
+    assert set(counts.values()) == {1}, f"each command ran once: {counts}"
     assert q(pg_conn, "SELECT completed_items, status FROM ecod_schema.batch") == [(n, "completed")]
 
 
@@ -91,7 +72,7 @@ def test_local_head_crash_then_rerun_finishes(
 ) -> None:
     n = 10
     cfg = make_batch(tmp_path, scratch_db, n)
-    first = start_run(cfg, tmp_path, "--profile", "local")
+    first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     output = tmp_path / "slow"
     wait_for(lambda: len(list(output.glob("*.count"))) >= 3)  # mid-run: some items done, chunks running
     snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
@@ -100,7 +81,7 @@ def test_local_head_crash_then_rerun_finishes(
     first.wait()
     assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("running",)]
 
-    second = start_run(cfg, tmp_path, "--profile", "local")
+    second = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, out + err
     runs = q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run ORDER BY started_at")
@@ -114,17 +95,17 @@ def test_slurm_head_crash_cancels_stray_jobs_then_rerun_finishes(
 ) -> None:
     n = 8
     cfg = make_batch(tmp_path, scratch_db, n)
-    first = start_run(cfg, tmp_path, "--profile", "slurm")
+    first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     output = tmp_path / "slow"
     wait_for(lambda: len(list(output.glob("*.count"))) >= 1, timeout=180)
     snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
     os.kill(first.pid, signal.SIGKILL)
     os.kill(snakemake_pid, signal.SIGKILL)
     first.wait()
-    second = start_run(cfg, tmp_path, "--profile", "slurm")
+    second = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, out + err
-    assert_counted_once(pg_conn, tmp_path, n, output, commands_once=False)
+    assert_counted_once(pg_conn, tmp_path, n, output)
     dead_run = q(pg_conn, "SELECT run_id FROM ecod_schema.ecod_jobs_run WHERE status = 'interrupted'")[0][0]
     from ecod_jobs.recovery import slurm_name_prefix
 
