@@ -233,6 +233,11 @@ def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
     print(
         f"batch {args.batch}: synced {report['runs']} runs, {report['chunks']} chunks,"
         f" {report['settled']} item results; {report['done']}/{report['total']} items done"
+        + (
+            f"; closed {report['finished_runs']} runs that ended while the database was away"
+            if report["finished_runs"]
+            else ""
+        )
     )
     return 0
 

@@ -43,7 +43,7 @@ REDACTED = "********"
 COMMAND_PLACEHOLDERS = frozenset({"item_id", "path", "output_dir", "threads", "batch_id", "protein_id"})
 
 DEFAULTS: dict[str, Any] = {
-    "database": {"schema": "ecod_schema", "port": 5432, "connect_timeout": 10},
+    "database": {"schema": "ecod_schema", "port": 5432, "connect_timeout": 10, "retry_seconds": 300},
     "job_manager": {"type": "local"},
     "modules": [],
     "environment": {},

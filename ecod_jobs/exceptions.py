@@ -37,6 +37,10 @@ class DatabaseUnavailableError(DatabaseError):
     """PostgreSQL could not be reached at all (wrong host, down, bad credentials)."""
 
 
+class RecordIncompleteError(DatabaseError):
+    """A run's work ended but PostgreSQL was away: ``ecod-jobs sync`` completes the record."""
+
+
 class RunConflictError(ValidationError):
     """Another live run holds the batch and job type (its lease has not expired)."""
 
@@ -70,6 +74,7 @@ __all__ = [
     "JobError",
     "JobExecutionError",
     "JobSubmissionError",
+    "RecordIncompleteError",
     "RunConflictError",
     "ValidationError",
 ]

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2 import sql
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 120
 HEARTBEAT_SECONDS = 30
+RETRY_SECONDS = 5  # heartbeat retries while the database is away
 
 
 def pid_alive(pid: int) -> bool:
@@ -117,11 +119,19 @@ def release(db: Database, run_id: str) -> None:
 class Heartbeat:
     """Renews a run's lease from a daemon thread until stopped."""
 
-    def __init__(self, db: Database, run_id: str, interval: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        run_id: str,
+        interval: float = HEARTBEAT_SECONDS,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
+        self.on_lost = on_lost
         self.run_id = run_id
         self.interval = interval
         self._stop = threading.Event()
+        self.lost = False
         self._thread = threading.Thread(target=self._loop, name="ecod-jobs-heartbeat", daemon=True)
 
     def start(self) -> Heartbeat:
@@ -129,16 +139,30 @@ class Heartbeat:
         return self
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
             try:
-                self.db.query(
-                    sql.SQL("UPDATE {} SET heartbeat_at = now() WHERE run_id = %s").format(
+                rows = self.db.query(
+                    sql.SQL("UPDATE {} SET heartbeat_at = now() WHERE run_id = %s RETURNING run_id").format(
                         self.db.table("ecod_jobs_lease")
                     ),
                     (self.run_id,),
                 )
-            except Exception as exc:  # the database may be away for a while: keep trying
-                log.warning("lease heartbeat failed (will retry): %s", exc)
+            except Exception as exc:  # the database may be away for a while: keep trying, often
+                log.warning("lease heartbeat failed (retrying every %d s): %s", RETRY_SECONDS, exc)
+                wait = RETRY_SECONDS  # beat as soon as it is back, before the lease looks expired
+                continue
+            wait = self.interval
+            if not rows and not self.lost:
+                self.lost = True
+                log.error(
+                    "run %s lost its lease (the database was away past %d s and another run took the"
+                    " batch over); stop this run: the other one owns the batch now",
+                    self.run_id,
+                    LEASE_SECONDS,
+                )
+                if self.on_lost is not None:
+                    self.on_lost()
 
     def stop(self) -> None:
         self._stop.set()

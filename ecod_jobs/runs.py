@@ -23,8 +23,9 @@ from typing import Any
 from psycopg2 import sql
 
 from .config import job_type_spec, load_config, resolve_config_path
-from .db import Database, failed_items, init_schema, require_batch, status_counts
-from .exceptions import ConfigurationError, ValidationError
+from .db import Database, failed_items, init_schema, is_transient, require_batch, status_counts
+from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
+from .layout import BatchLayout
 from .plan import count_needing_work
 from .sync import sync_batch
 
@@ -117,6 +118,9 @@ def run_batch(
         )
     if not SNAKEFILE.exists():
         raise ConfigurationError(f"workflow not found at {SNAKEFILE}: install ecod-jobs from its source tree")
+    # Whatever the caller's umask, nothing a run writes (plans, manifests, Snakemake's
+    # job scripts, results, logs) is writable by other users.
+    os.umask(os.umask(0) | 0o002)
     db = Database(config)
     init_schema(db)
     require_batch(db, batch_id)
@@ -193,7 +197,10 @@ def run_batch(
             raise
         finally:
             if not dry_run:
-                release(db, run_id)
+                # the workflow released it already, unless the database is away (then the
+                # next run takes the lease over from this dead process)
+                with contextlib.suppress(DatabaseError):
+                    release(db, run_id)
     if dry_run:
         return BatchResult(
             batch_id,
@@ -204,12 +211,24 @@ def run_batch(
             log_path=log_path,
             dry_run=True,
         )
+    try:
+        by_status, failed = status_counts(db, batch_id, run_id), failed_items(db, batch_id, run_id)
+    except DatabaseError as exc:
+        if not is_transient(exc):
+            raise
+        run_dir = BatchLayout.create(config["pipeline"]["work_root"], batch_id, spec.name).run(run_id).dir
+        raise RecordIncompleteError(
+            f"run {run_id} ended (workflow exit {proc.returncode}) while the database was away ({exc});"
+            f" its results are safe in {run_dir}. When the database is back, run:"
+            f" ecod-jobs sync --batch {batch_id}",
+            {"run_id": run_id, "log": str(log_path)},
+        ) from None
     return BatchResult(
         batch_id,
         run_id,
         proc.returncode,
-        status_counts(db, batch_id, run_id),
-        failed_items(db, batch_id, run_id),
+        by_status,
+        failed,
         planned_items=pending,
         log_path=log_path,
     )

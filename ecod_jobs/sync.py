@@ -101,6 +101,10 @@ def record_chunks(
                 item_errors = sum(1 for r in st.results.values() if r["status"] != "success")
                 if item_errors:
                     error = f"{item_errors} of {len(st.items)} items failed"
+            elif meta.get("end"):
+                # its runner got through every item, yet the chunk ran again: SLURM
+                # marked the array task failed although it finished (plugin issue #447)
+                status, error = "completed", None
             elif attempt < last or last_failed:
                 status, error = "failed", f"attempt {attempt} ended before finishing its chunk"
             else:
@@ -304,9 +308,9 @@ def enrich_from_scheduler(db: Database, run_id: str) -> int:
                 rec.elapsed_seconds,
                 rec.cpu_seconds,
                 rec.max_rss_kb,
-                f"{rec.raw_state or rec.state} (exit {rec.exit_code}:{rec.signal})"
-                if is_failure(state)
-                else None,
+                rec.req_mem_mb,
+                rec.timelimit_seconds,
+                _scheduler_error(state, rec) if is_failure(state) else None,
             )
         )
     if not updates:
@@ -319,18 +323,28 @@ def enrich_from_scheduler(db: Database, run_id: str) -> int:
                 " node = coalesce(v.node, j.node), elapsed_seconds = coalesce(v.elapsed, j.elapsed_seconds),"
                 " cpu_seconds = coalesce(v.cpu, j.cpu_seconds),"
                 " max_rss_kb = greatest(v.rss, j.max_rss_kb),"
+                " req_mem_mb = coalesce(v.req_mem, j.req_mem_mb),"
+                " req_time_seconds = coalesce(v.req_time, j.req_time_seconds),"
                 " error_text = CASE WHEN v.error IS NOT NULL AND j.status = 'failed'"
                 "   THEN v.error || ': ' || coalesce(j.error_text, '') ELSE j.error_text END,"
                 " updated_at = now()"
-                " FROM (VALUES %s) AS v (id, state, exit_code, node, elapsed, cpu, rss, error)"
+                " FROM (VALUES %s) AS v (id, state, exit_code, node, elapsed, cpu, rss, req_mem, req_time,"
+                " error)"
                 " WHERE j.id = v.id"
             )
             .format(db.table("job"))
             .as_string(cur),
             updates,
-            template="(%s::int, %s::text, %s::int, %s::text, %s::float8, %s::float8, %s::bigint, %s::text)",
+            template="(%s::int, %s::text, %s::int, %s::text, %s::float8, %s::float8, %s::bigint,"
+            " %s::int, %s::int, %s::text)",
         )
     return len(updates)
+
+
+def _scheduler_error(state: str, rec: Any) -> str:
+    """``TIMEOUT (exit 0:15)``; names SLURM's own spelling when ours differs."""
+    raw = f", SLURM says {rec.raw_state}" if rec.raw_state and normalize_state(rec.raw_state) != state else ""
+    return f"{state} (exit {rec.exit_code}:{rec.signal}{raw})"
 
 
 # --------------------------------------------------------------------------- runs and batches
@@ -380,6 +394,23 @@ def reconcile_run(
     return {"chunks": len(chunks), "settled": settled, "done": done, "total": total}
 
 
+def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> dict[str, Any]:
+    """Reconcile a run that ended and close its run row; returns the reconcile summary and message."""
+    from .db import status_counts
+
+    if not run.plan.exists():  # failed before planning
+        message = "the run ended before it was planned"
+        finish_run_row(db, run.run_id, "error", message)
+        return {"chunks": 0, "settled": 0, "message": message}
+    summary: dict[str, Any] = dict(reconcile_run(db, run, run_over=True))
+    by_status = status_counts(db, batch_id, run.run_id)
+    failed_items = by_status.get("error", 0)
+    status = "success" if success and not failed_items else "error"
+    message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
+    finish_run_row(db, run.run_id, status, message)
+    return {**summary, "message": message}
+
+
 def run_state(db: Database, run_id: str) -> str:
     """``alive`` (its process runs), ``dead`` (never ended, process gone) or ``ended``."""
     from .lease import LEASE_SECONDS, pid_alive
@@ -412,13 +443,22 @@ def sync_batch(
             p.name for p in (BatchLayout.create(work_root, batch_id, "x").root.parent).glob("*") if p.is_dir()
         )
     )
-    report: dict[str, Any] = {"batch_id": batch_id, "runs": 0, "chunks": 0, "settled": 0}
+    report: dict[str, Any] = {"batch_id": batch_id, "runs": 0, "chunks": 0, "settled": 0, "finished_runs": 0}
     for name in types:
         for run in BatchLayout.create(work_root, batch_id, name).runs():
             state = run_state(db, run.run_id)
-            result = reconcile_run(db, run, run_over=state != "alive", interrupted=state == "dead")
-            if state == "dead":
-                close_dead_run(db, run.run_id)
+            ended = run.read_ended()
+            if ended is not None and state != "ended":
+                # Snakemake ended while the database was away: finish the record now.
+                from .lease import release
+
+                result = finish_run(db, run, batch_id, bool(ended.get("success")))
+                release(db, run.run_id)
+                report["finished_runs"] += 1
+            else:
+                result = reconcile_run(db, run, run_over=state != "alive", interrupted=state == "dead")
+                if state == "dead":
+                    close_dead_run(db, run.run_id)
             report["runs"] += 1
             report["chunks"] += result["chunks"]
             report["settled"] += result["settled"]

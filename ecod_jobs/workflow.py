@@ -7,7 +7,9 @@ recorder run in the main Snakemake process on the head node only.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import json
 import logging
 import os
 import socket
@@ -16,16 +18,17 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg2 import sql
 
 from . import __version__
 from .config import JobTypeSpec, config_hash, job_type_spec, load_config
-from .db import Database, init_schema, status_counts
-from .exceptions import ConfigurationError
-from .layout import BatchLayout, RunLayout
-from .sync import finish_run_row, reconcile_run, record_chunks
+from .db import Database, init_schema, is_transient, retry_while_away
+from .exceptions import ConfigurationError, DatabaseError
+from .layout import BatchLayout, RunLayout, write_atomic
+from .sync import finish_run, record_chunks
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +103,12 @@ def plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -> None:
     """The plan checkpoint's body (a job on the head node): see :func:`ecod_jobs.plan.plan_run`."""
     from .plan import plan_run
 
-    plan = plan_run(
-        ctx.db(),
-        ctx.config,
-        ctx.spec,
-        ctx.batch_id,
-        ctx.batch_layout.run(run_id),
-        retry_failed=ctx.retry_failed,
+    db = ctx.db()
+    run = ctx.batch_layout.run(run_id)
+    plan = retry_while_away(
+        lambda: plan_run(db, ctx.config, ctx.spec, ctx.batch_id, run, retry_failed=ctx.retry_failed),
+        db.retry_seconds,
+        "planning",
     )
     with open(log_path, "w") as log_file:
         log_file.write(f"planned {plan['items']} items in {len(plan['chunks'])} chunks\n")
@@ -147,35 +149,55 @@ def on_start(ctx: WorkflowContext) -> None:
     if recovered:
         print(f"ecod-jobs: recovered dead runs {', '.join(recovered)}", file=sys.stderr)
     global _heartbeat
-    _heartbeat = Heartbeat(db, ctx.run_id).start()
+    _heartbeat = Heartbeat(db, ctx.run_id, on_lost=_interrupt_self).start()
     LiveRecorder.activate(ctx)
     log.info("run %s of batch %d (%s) started", ctx.run_id, ctx.batch_id, ctx.spec.name)
 
 
+def _interrupt_self() -> None:
+    """Another run owns the batch now: stop as Ctrl-C would (Snakemake cancels its jobs)."""
+    import signal
+
+    print("ecod-jobs: this run lost its lease to another run; stopping", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def on_finish(ctx: WorkflowContext, success: bool) -> None:
-    """Final reconciliation from the files: every chunk, sacct detail, batch totals, run state."""
+    """Final reconciliation from the files: every chunk, sacct detail, batch totals, run state.
+
+    The run's end is written to ``ended.json`` first, so that if the database is
+    away (and stays away past ``database.retry_seconds``) ``ecod-jobs sync`` can
+    finish the record later exactly as this would have.
+    """
     from .lease import release
 
     LiveRecorder.deactivate()
     if _heartbeat is not None:
         _heartbeat.stop()
+    write_atomic(
+        ctx.run.ended,
+        json.dumps({"success": success, "ended_at": datetime.now(UTC).isoformat(), "pid": os.getpid()}),
+    )
     db = ctx.db()
+
+    def finish() -> str:
+        try:
+            return str(finish_run(db, ctx.run, ctx.batch_id, success)["message"])
+        finally:
+            with contextlib.suppress(DatabaseError):
+                release(db, ctx.run_id)
+
     try:
-        _finish(ctx, db, success)
-    finally:
-        release(db, ctx.run_id)
-
-
-def _finish(ctx: WorkflowContext, db: Database, success: bool) -> None:
-    if not ctx.run.plan.exists():  # failed before planning
-        finish_run_row(db, ctx.run_id, "error", "the run ended before it was planned")
-        return
-    summary = reconcile_run(db, ctx.run, run_over=True)
-    by_status = status_counts(db, ctx.batch_id, ctx.run_id)
-    failed_items = by_status.get("error", 0)
-    status = "success" if success and not failed_items else "error"
-    message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
-    finish_run_row(db, ctx.run_id, status, message)
+        message = retry_while_away(finish, db.retry_seconds, f"recording the end of run {ctx.run_id}")
+    except DatabaseError as exc:
+        if not is_transient(exc):
+            raise
+        print(
+            f"ecod-jobs: run {ctx.run_id} ended while the database was away ({exc}); its results are"
+            f" in {ctx.run.dir}. When the database is back, run: ecod-jobs sync --batch {ctx.batch_id}",
+            file=sys.stderr,
+        )
+        raise
     print(f"ecod-jobs: run {ctx.run_id}: {message}", file=sys.stderr)
 
 
@@ -186,18 +208,26 @@ class LiveRecorder:
     """Records each chunk in PostgreSQL as Snakemake reports its job's end.
 
     Fed by the ``ecod_jobs`` logger plugin (``snakemake_logger_plugin_ecod_jobs``),
-    which runs in the main process's logging thread. Failures here only log a
-    warning: the final reconciliation and ``ecod-jobs sync`` rebuild from files.
+    which runs in the main process's logging thread. While the database is away,
+    ended chunks wait in a backlog that a background thread retries with backoff
+    (1 s doubling to 60 s); the chunk result files are the journal, so replaying
+    a chunk is just recording it again from its files, and nothing is lost if
+    the head dies meanwhile (the next run or ``ecod-jobs sync`` records it).
     """
 
     _active: LiveRecorder | None = None
     _lock = threading.Lock()
+    MAX_BACKOFF = 60.0
 
     def __init__(self, ctx: WorkflowContext) -> None:
         self.ctx = ctx
         self.db = ctx.db()
         self.chunks: dict[int, str] = {}  # Snakemake job id -> chunk id
         self._plan: dict[str, Any] | None = None
+        self.backlog: dict[str, bool] = {}  # chunk id -> its job failed
+        self._backlog_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
 
     @classmethod
     def activate(cls, ctx: WorkflowContext) -> None:
@@ -207,6 +237,8 @@ class LiveRecorder:
     @classmethod
     def deactivate(cls) -> None:
         with cls._lock:
+            if cls._active is not None:
+                cls._active._stop.set()  # the end-of-run reconciliation covers the backlog
             cls._active = None
 
     @classmethod
@@ -230,12 +262,51 @@ class LiveRecorder:
 
     def _record(self, jobid: int, failed: bool) -> None:
         chunk = self.chunks.get(jobid)
-        plan = self.plan()
-        if chunk is None or plan is None:
+        if chunk is None or self.plan() is None:
             return
+        with self._backlog_lock:
+            self.backlog[chunk] = failed
+        if self._retry_thread is None or not self._retry_thread.is_alive():
+            self.flush()  # the usual case: record at once, in the logging thread
+
+    def flush(self) -> bool:
+        """Record every chunk waiting in the backlog; False if the database is still away."""
+        plan = self.plan()
+        with self._backlog_lock:
+            pending = dict(self.backlog)
+        if not pending or plan is None:
+            return True
         try:
             record_chunks(
-                self.db, self.ctx.run, plan, [chunk], run_over=False, failed_chunks=[chunk] if failed else ()
+                self.db,
+                self.ctx.run,
+                plan,
+                sorted(pending),
+                run_over=False,
+                failed_chunks=[c for c, failed in pending.items() if failed],
             )
-        except Exception as exc:  # the final reconciliation will catch up
-            log.warning("could not record chunk %s now (will reconcile at the end): %s", chunk, exc)
+        except Exception as exc:
+            if self._retry_thread is None or not self._retry_thread.is_alive():
+                log.warning(
+                    "database away: %d ended chunks wait to be recorded; retrying in the background (%s)",
+                    len(pending),
+                    exc,
+                )
+                self._retry_thread = threading.Thread(
+                    target=self._retry_loop, name="ecod-jobs-live-retry", daemon=True
+                )
+                self._retry_thread.start()
+            return False
+        with self._backlog_lock:
+            for chunk, failed in pending.items():
+                if self.backlog.get(chunk) == failed:
+                    del self.backlog[chunk]
+        return True
+
+    def _retry_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.wait(delay):
+            if self.flush() and not self.backlog:
+                log.warning("database back: recorded the chunks that ended while it was away")
+                return
+            delay = min(delay * 2, self.MAX_BACKOFF)

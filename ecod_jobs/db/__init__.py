@@ -9,7 +9,7 @@ from .batches import (
     require_batch,
     status_counts,
 )
-from .connection import ConnectionInfo, Database
+from .connection import ConnectionInfo, Database, is_transient, retry_while_away
 from .schema import LATEST_VERSION, current_version, init_schema
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "failed_items",
     "get_batch",
     "init_schema",
+    "is_transient",
     "list_batches",
     "require_batch",
+    "retry_while_away",
     "status_counts",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -101,6 +102,11 @@ class Database:
             self._info = connection_info(self.config)
         return self._info
 
+    @property
+    def retry_seconds(self) -> float:
+        """How long a running workflow keeps retrying while the server is away."""
+        return float((self.config.get("database") or {}).get("retry_seconds", 300))
+
     def table(self, name: str) -> sql.Composed:
         """``schema.name`` as a safely quoted identifier."""
         return sql.Identifier(self.schema, name)  # type: ignore[return-value]
@@ -130,3 +136,32 @@ def _pg_message(exc: psycopg2.Error) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag else None
     return primary or str(exc).strip().splitlines()[0]
+
+
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The server is away (down, restarting, unreachable), not a statement that is wrong."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return True
+    cause = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+    return isinstance(cause, psycopg2.OperationalError | psycopg2.InterfaceError)
+
+
+def retry_while_away(action: Callable[[], T], patience: float, what: str) -> T:
+    """Run ``action``, retrying with backoff (1 s doubling to 30 s) while the server is away.
+
+    Gives up, re-raising the last error, once ``patience`` seconds have passed.
+    """
+    deadline = time.monotonic() + patience
+    delay = 1.0
+    while True:
+        try:
+            return action()
+        except DatabaseError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database away (%s); retrying in %.0f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from helpers import create_batch, q, run_cli, write_config
+from helpers import create_batch, q, run_cli, start_cli, write_config
 
 from ecod_jobs.runs import run_batch
 
@@ -37,13 +35,7 @@ def test_second_run_of_same_batch_is_refused_naming_the_holder(
 ) -> None:
     cfg = make_config(tmp_path, scratch_db, "sleep 2")
     batch = make_batch(cfg, tmp_path, "b", 4)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "ecod_jobs.cli", "--config", str(cfg), "run", "--batch", str(batch)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli("--config", str(cfg), "run", "--batch", str(batch), cwd=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not q(pg_conn, "SELECT 1 FROM ecod_schema.ecod_jobs_lease"):
         time.sleep(0.2)
@@ -96,3 +88,29 @@ def test_two_batches_run_side_by_side(
     assert all(results[b].ok and results[b].by_status == {"success": 4} for b in batches)
     overlap = q(pg_conn, "SELECT max(started_at) < min(ended_at) FROM ecod_schema.ecod_jobs_run")
     assert overlap == [(True,)], "the two runs overlapped in time"
+
+
+def test_heartbeat_notices_a_lost_lease(tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any) -> None:
+    from ecod_jobs.config import from_mapping
+    from ecod_jobs.db import Database, init_schema
+    from ecod_jobs.lease import Heartbeat, acquire
+
+    cfg = make_config(tmp_path, scratch_db, "true")
+    make_batch(cfg, tmp_path, "b", 1)
+    db = Database(from_mapping({"database": scratch_db}))
+    init_schema(db)
+    run_a, run_b = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+    acquire(db, 1, "t", run_a)
+    stopped = threading.Event()
+    beat = Heartbeat(db, run_a, interval=0.1, on_lost=stopped.set).start()
+    try:
+        time.sleep(0.3)
+        assert not beat.lost
+        # as if the database had been away past the lease and another run took over
+        q(pg_conn, "UPDATE ecod_schema.ecod_jobs_lease SET run_id = %s RETURNING run_id", run_b)
+        deadline = time.monotonic() + 5
+        while not beat.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.lost and stopped.is_set()  # the workflow's callback stops the run
+    finally:
+        beat.stop()
