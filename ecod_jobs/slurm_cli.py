@@ -384,9 +384,26 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> dict[str, Sa
         # The job line's TotalCPU already sums its steps; use the steps only when it is empty.
         if not record.cpu_seconds and step_cpu.get(job_id):
             updates["cpu_seconds"] = step_cpu[job_id]
+        rss = updates.get("max_rss_kb", record.max_rss_kb)
+        if _over_memory(record.state, rss, record.req_mem_mb):  # type: ignore[arg-type]
+            updates["state"] = "OUT_OF_MEMORY"
         if updates:
             jobs[job_id] = replace(record, **updates)  # type: ignore[arg-type]
     return jobs
+
+
+def _over_memory(state: str, max_rss_kb: int | None, req_mem_mb: int | None) -> bool:
+    """A job killed by the accounting plugin's OverMemoryKill.
+
+    Without cgroups SLURM reports such a job as FAILED (its step CANCELLED), not
+    OUT_OF_MEMORY; its peak memory above the request is what tells them apart.
+    """
+    return (
+        state in {"FAILED", "CANCELLED"}
+        and max_rss_kb is not None
+        and req_mem_mb is not None
+        and max_rss_kb > req_mem_mb * 1024
+    )
 
 
 # --------------------------------------------------------------------------- queries

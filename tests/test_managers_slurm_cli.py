@@ -38,6 +38,9 @@ SACCT_SAMPLE = """\
 34_1|35|RUNNING|0:0|vm|3|00:00:00||102400K|525600|2026-11-24T00:05:11|Unknown
 34_1.batch|35.batch|RUNNING|0:0|vm|3|00:00:00||||2026-11-24T00:05:11|Unknown
 34_[2-4%1]|34|PENDING|0:0|None assigned|0|00:00:00||102400K|UNLIMITED|Unknown|Unknown
+10|10|FAILED|9:0|vm|6|00:00.251||153600K|UNLIMITED|2026-11-24T01:52:01|2026-11-24T01:52:07
+10.batch|10.batch|FAILED|9:0|vm|6|00:00.010|12264K|||2026-11-24T01:52:01|2026-11-24T01:52:07
+10.0|10.0|CANCELLED by 0|0:9|vm|6|00:00.241|422992K|||2026-11-24T01:52:01|2026-11-24T01:52:07
 """
 
 # squeue -h -r -t all -o '%i|%T|%A|%F|%K' while array 34 ran throttled (%1)
@@ -56,7 +59,7 @@ SQUEUE_SAMPLE = """\
 
 def test_parse_sacct_folds_steps_and_maps_states() -> None:
     records = slurm_cli.parse_sacct(SACCT_SAMPLE)
-    assert set(records) == {"14", "15", "16", "18", "17_1", "17_2", "17_3", "21", "34_1", "34_[2-4%1]"}
+    assert set(records) == {"10", "14", "15", "16", "18", "17_1", "17_2", "17_3", "21", "34_1", "34_[2-4%1]"}
     done = records["14"]
     assert done.state == "COMPLETED" and done.exit_code == 0 and done.signal == 0
     assert done.max_rss_kb == 66140  # from the .batch step line
@@ -75,6 +78,10 @@ def test_parse_sacct_folds_steps_and_maps_states() -> None:
     pending = records["34_[2-4%1]"]
     assert pending.state == "PENDING" and pending.node is None and pending.start is None
     assert records["34_1"].end is None and records["34_1"].req_mem_mb == 100
+    # OverMemoryKill without cgroups: FAILED with a step above the request is OUT_OF_MEMORY
+    oom = records["10"]
+    assert oom.state == "OUT_OF_MEMORY" and oom.raw_state == "FAILED" and oom.max_rss_kb == 422992
+    assert records["18"].state == "FAILED"  # killed by signal 9, but not over its memory
 
 
 def test_parse_sacct_tolerates_garbage_and_short_lines() -> None:
