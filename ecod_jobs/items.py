@@ -3,6 +3,11 @@
 Columns: ``path`` (required), ``protein_id`` (optional integer) and
 ``is_representative`` (optional boolean). Every problem is reported with the
 file and line, and the whole file is checked before anything is written.
+
+A path may hold any character. Tab, newline, carriage return and backslash are
+written as ``\t``, ``\n``, ``\r`` and ``\\`` (the escapes of PostgreSQL's COPY
+text format and of "linear TSV"); any other backslash sequence is an error, so
+a mistyped path is never silently changed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,33 @@ OPTIONAL_COLUMNS = ("protein_id", "is_representative")
 _TRUE = {"1", "t", "true", "yes", "y"}
 _FALSE = {"0", "f", "false", "no", "n", ""}
 _MAX_ERRORS = 5
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
+_BACKSLASH = "\\"
+_HINT = r"write a backslash as \\ (tab, newline and carriage return as \t, \n, \r)"
+
+
+def unescape_field(text: str) -> str:
+    r"""``\t \n \r \\`` to tab, newline, carriage return, backslash; ValueError otherwise."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch != "\\":
+            out.append(ch)
+            continue
+        nxt = next(chars, "")
+        if nxt not in _ESCAPES:
+            raise ValueError(f"unknown escape {_BACKSLASH + nxt!r}: {_HINT}")
+        out.append(_ESCAPES[nxt])
+    return "".join(out)
+
+
+def escape_field(text: str) -> str:
+    """The inverse of :func:`unescape_field` (for writing items files)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +116,11 @@ def read_items(path: str | Path) -> list[ItemRow]:
             if len(fields) != width:
                 problems.append(f"line {lineno}: {len(fields)} columns, expected {width}")
                 continue
-            item_path = fields[i_path]
+            try:
+                item_path = unescape_field(fields[i_path])
+            except ValueError as exc:
+                problems.append(f"line {lineno}: path {fields[i_path]!r}: {exc}")
+                continue
             if not item_path.strip():
                 problems.append(f"line {lineno}: empty path")
                 continue

@@ -36,6 +36,7 @@ def test_path_only(tmp_path: Path) -> None:
         ("path\tprotein_id\n \t1\n", "line 2: empty path"),
         ("path\n", "no items after the header"),
         (b"path\nok\n\xff\xfe bad\n", "line 3: not valid UTF-8"),
+        ("path\nok\nC:\\data\\x.fa\n", "line 3: path 'C:\\\\data\\\\x.fa': unknown escape '\\\\d'"),
     ],
 )
 def test_bad_files(tmp_path: Path, content: str | bytes, fragment: str) -> None:
@@ -49,3 +50,11 @@ def test_bad_files(tmp_path: Path, content: str | bytes, fragment: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="cannot open"):
         read_items(tmp_path / "nope.tsv")
+
+
+def test_escapes_carry_any_character(tmp_path: Path) -> None:
+    from ecod_jobs.items import escape_field
+
+    hostile = ["new\nline", "tab\there", "back\\slash", "cr\r", "plain é 蛋白"]
+    body = "path\n" + "".join(escape_field(h) + "\n" for h in hostile)
+    assert [r.path for r in read_items(write(tmp_path, body))] == hostile
