@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -95,10 +96,22 @@ def _die_with_runner() -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL}
+STOP_GRACE = 1.0  # seconds
+
+
+_runner_pid = 0  # set by main(); a forked item runs this module's handler until it execs
 
 
 def _on_term(signum: int, _frame: Any) -> None:
     """Killed by SLURM (time limit, scancel) or Snakemake: take the running item with us."""
+    if os.getpid() != _runner_pid:
+        # An item between fork and exec (start_new_session already made it a group
+        # of its own) got the stop: die of it as the item would, not by raising
+        # SystemExit inside Popen's preexec_fn, which crashed the runner.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if _current is not None and _current.poll() is None:
         _kill_group(_current, signal.SIGTERM)
         try:
@@ -109,7 +122,11 @@ def _on_term(signum: int, _frame: Any) -> None:
 
 
 def run_item(
-    item: Mapping[str, Any], plan: Mapping[str, Any], env: Mapping[str, str], log: Any
+    item: Mapping[str, Any],
+    plan: Mapping[str, Any],
+    env: Mapping[str, str],
+    log: Any,
+    keep_fds: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     global _current
     started = time.time()
@@ -148,6 +165,7 @@ def run_item(
     timeout = plan.get("item_timeout") or None
     proc = subprocess.Popen(
         ["bash", "-c", command],
+        pass_fds=keep_fds,  # the chunk lock: held while any process of the item lives
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.PIPE,
@@ -169,6 +187,11 @@ def run_item(
         _current = None
     log.write(err)
     tail = err.decode(errors="replace")
+    if -proc.returncode in _STOP_SIGNALS:
+        # SLURM's cancel (and recovery) signal every process of the job, the item
+        # possibly a moment before this runner: give our own stop the chance to
+        # arrive, so that an interrupted item is rerun rather than recorded failed.
+        time.sleep(STOP_GRACE)
     if proc.returncode == 0:
         return finish("success", 0, None, tail)
     if proc.returncode < 0:
@@ -177,6 +200,30 @@ def run_item(
         last = tail.strip().splitlines()[-1] if tail.strip() else ""
         error = f"exit code {proc.returncode}" + (f": {last[:300]}" if last else "")
     return finish("error", proc.returncode, error, tail)
+
+
+def hold_chunk_lock(path: Path, wait: float = 120) -> int:
+    """Take the chunk's lock, waiting for an earlier attempt's processes to be gone.
+
+    The lock's file descriptor is inherited by every item process, so the lock is
+    free only when nothing of this attempt can still act on an item: a retry never
+    overlaps its predecessor, and recovery of a dead run knows when its chunks are
+    really stopped (see :func:`ecod_jobs.recovery.stop_chunk_processes`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path} is still held by an earlier attempt after {wait:.0f} s") from None
+            time.sleep(0.5)
+        except OSError as exc:  # e.g. ENOLCK: a filesystem mounted without locking
+            print(f"warning: cannot lock {path} ({exc.strerror}); running unguarded", file=sys.stderr)
+            return fd
 
 
 def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = None) -> int:
@@ -189,6 +236,7 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
         print(f"chunk {chunk}: manifest has {len(items)} items, plan says {expected}", file=sys.stderr)
         return 3
     os.umask(0o027)  # results and logs are never world-writable
+    lock_fd = hold_chunk_lock(layout.lock(chunk))
     attempt = len(layout.attempts(chunk)) + 1
     ids = scheduler_ids(environ)
     meta = {"chunk_id": chunk, "attempt": attempt, "start": _now(), "pid": os.getpid(), **ids}
@@ -211,7 +259,7 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
             if item["process_id"] in done:
                 results.append(done[item["process_id"]])
                 continue
-            record = run_item(item, plan, env, log)
+            record = run_item(item, plan, env, log, keep_fds=(lock_fd,))
             record.update(attempt=attempt, **ids)
             results.append(record)
             partial.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -234,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--chunk", required=True)
     args = parser.parse_args(argv)
+    global _runner_pid
+    _runner_pid = os.getpid()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     return run_chunk(args.run_dir, args.chunk)
