@@ -7,13 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint demo bench slurm-up slurm-down clean
+.PHONY: help venv test lint demo slurm-up slurm-down clean
 
 help:
 	@echo "make demo   - run the demo batch on the embedded PostgreSQL"
 	@echo "make test   - lint and run the whole test suite (starts SLURM when root)"
 	@echo "make lint   - ruff and snakemake --lint"
-	@echo "make bench  - benchmarks (bench/results/latest.md)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
