@@ -27,6 +27,7 @@ from typing import Any
 
 CHUNK_RE = re.compile(r"^c[0-9]{5,}$")
 _ATTEMPT_RE = re.compile(r"\.attempt-([0-9]+)\.json$")
+_CHUNK_ATTEMPT_RE = re.compile(r"^(.+)\.attempt-([0-9]+)\.json$")
 
 
 def chunk_id(index: int) -> str:
@@ -91,6 +92,22 @@ class RunLayout:
                 except (OSError, ValueError):
                     found[int(match.group(1))] = {}
         return dict(sorted(found.items()))
+
+    def attempts_by_chunk(self) -> dict[str, dict[int, dict[str, Any]]]:
+        """:meth:`attempts` of every chunk, from one listing of the results directory."""
+        found: dict[str, dict[int, dict[str, Any]]] = {}
+        results = self.dir / "results"
+        if not results.is_dir():
+            return found
+        for entry in os.scandir(results):
+            match = _CHUNK_ATTEMPT_RE.match(entry.name)
+            if match:
+                try:
+                    meta = json.loads(Path(entry.path).read_text())
+                except (OSError, ValueError):
+                    meta = {}
+                found.setdefault(match.group(1), {})[int(match.group(2))] = meta
+        return {chunk: dict(sorted(a.items())) for chunk, a in found.items()}
 
     def log(self, chunk: str) -> Path:
         return self.dir / "logs" / f"{chunk}.log"

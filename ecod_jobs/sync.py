@@ -4,8 +4,9 @@ The chunk result files are the truth; the database is a view of them. The same
 code records a chunk live (from the logger plugin as each chunk job ends),
 reconciles a whole run in ``onsuccess``/``onerror``, and rebuilds everything in
 ``ecod-jobs sync`` (after a head-node crash, a database outage, or deleted
-rows). It is idempotent: job rows are keyed by (run, chunk, attempt), job_item
-rows are rewritten per chunk, and process_status follows the newest result.
+rows). It is idempotent: job rows are keyed by (run, chunk, attempt), each item's
+job_item row of the run is updated in place (or written again if missing), and
+process_status follows the newest result.
 
 Per chunk and attempt there is one ``job`` row. Every item has exactly one
 ``job_item`` row per run: under the attempt that produced its result, or under
@@ -47,12 +48,19 @@ class ChunkState:
         return max(self.attempts, default=1)
 
 
-def read_chunk(layout: RunLayout, chunk: str) -> ChunkState:
-    items = list(read_jsonl(layout.manifest(chunk)))
+def read_chunk(
+    layout: RunLayout, chunk: str, attempts: dict[int, dict[str, Any]] | None = None
+) -> ChunkState:
     final = layout.result(chunk)
-    source = final if final.exists() else layout.partial(chunk)
-    results = {r["process_id"]: r for r in read_jsonl(source)}
-    return ChunkState(chunk, layout.attempts(chunk), results, final.exists(), items)
+    finished = final.exists()
+    results = {r["process_id"]: r for r in read_jsonl(final if finished else layout.partial(chunk))}
+    # A final result holds every item of the manifest (the runner writes it last):
+    # no need to read the manifest again, which halves the reading of a large sync.
+    manifest = layout.manifest(chunk)
+    items = [{"process_id": pid} for pid in results] if finished else list(read_jsonl(manifest))
+    if attempts is None:
+        attempts = layout.attempts(chunk)
+    return ChunkState(chunk, attempts, results, finished, items)
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -83,7 +91,9 @@ def record_chunks(
     items it never reached go back to ``pending`` for the next run instead of
     ``error``. Returns the number of items given a final status.
     """
-    states = [read_chunk(layout, c) for c in chunks]
+    chunks = list(chunks)
+    attempts = layout.attempts_by_chunk() if len(chunks) > 1 else None
+    states = [read_chunk(layout, c, None if attempts is None else attempts.get(c, {})) for c in chunks]
     if not states:
         return 0
     failed = set(failed_chunks)
@@ -192,7 +202,7 @@ def record_chunks(
                 )
     job = db.table("job")
     with db.transaction() as cur:
-        execute_values(
+        job_ids = execute_values(
             cur,
             sql.SQL(
                 "INSERT INTO {} AS j (batch_id, job_type, run_id, chunk_id, attempt, status, items_count,"
@@ -211,15 +221,18 @@ def record_chunks(
                 " error_text = CASE WHEN EXCLUDED.status = 'failed' THEN"
                 "   coalesce(j.error_text, EXCLUDED.error_text) ELSE EXCLUDED.error_text END,"
                 " exit_code = coalesce(EXCLUDED.exit_code, j.exit_code), updated_at = now()"
+                " RETURNING chunk_id, attempt, id"
             )
             .format(job)
             .as_string(cur),
             job_rows,
             template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
             page_size=1000,
+            fetch=True,
         )
+        job_of = {(chunk, attempt): job_id for chunk, attempt, job_id in job_ids}
         cur.execute(
-            "CREATE TEMP TABLE _ecod_items (process_id int, chunk_id text, attempt int, ji_status text,"
+            "CREATE TEMP TABLE _ecod_items (process_id int, job_id int, ji_status text,"
             " ps_status text, stage text, exit_code int, start_time timestamptz, end_time timestamptz,"
             " elapsed double precision, error text) ON COMMIT DROP"
         )
@@ -228,8 +241,7 @@ def record_chunks(
             sql.Identifier("_ecod_items"),
             (
                 "process_id",
-                "chunk_id",
-                "attempt",
+                "job_id",
                 "ji_status",
                 "ps_status",
                 "stage",
@@ -239,24 +251,36 @@ def record_chunks(
                 "elapsed",
                 "error",
             ),
-            item_rows,
+            ((r[0], job_of[(r[1], r[2])], *r[3:]) for r in item_rows),
         )
-        chunk_ids = [st.chunk_id for st in states]
+        cur.execute("ANALYZE _ecod_items")  # a temp table has no statistics: hash joins, not loops
+        # Each item's job_item row of this run moves to the attempt that produced its
+        # result, with that result: updated in place (no foreign-key checks unless the
+        # attempt changed), and only where something changed, so a second sync of the
+        # same files writes nothing.
+        run_jobs = sorted(job_of.values())
         cur.execute(
             sql.SQL(
-                "DELETE FROM {} WHERE job_id IN (SELECT id FROM {} WHERE run_id = %s AND chunk_id = ANY(%s))"
-            ).format(db.table("job_item"), job),
-            (layout.run_id, chunk_ids),
+                "UPDATE {} ji SET job_id = n.job_id, status = n.ji_status, exit_code = n.exit_code,"
+                " start_time = n.start_time, end_time = n.end_time, elapsed_seconds = n.elapsed,"
+                " error_text = n.error FROM _ecod_items n"
+                " WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s)"
+                " AND (ji.job_id, ji.status, ji.exit_code, ji.start_time, ji.end_time, ji.elapsed_seconds,"
+                " ji.error_text) IS DISTINCT FROM (n.job_id, n.ji_status, n.exit_code,"
+                " n.start_time::timestamp, n.end_time::timestamp, n.elapsed, n.error)"
+            ).format(db.table("job_item")),
+            {"jobs": run_jobs},
         )
+        # Rows that are missing (deleted by hand, or never planned) are written anew.
         cur.execute(
             sql.SQL(
                 "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
                 " elapsed_seconds, error_text)"
-                " SELECT j.id, t.process_id, t.ji_status, t.exit_code, t.start_time, t.end_time,"
-                " t.elapsed, t.error FROM _ecod_items t JOIN {} j"
-                " ON j.run_id = %s AND j.chunk_id = t.chunk_id AND j.attempt = t.attempt"
-            ).format(db.table("job_item"), job),
-            (layout.run_id,),
+                " SELECT n.job_id, n.process_id, n.ji_status, n.exit_code, n.start_time, n.end_time,"
+                " n.elapsed, n.error FROM _ecod_items n WHERE NOT EXISTS"
+                " (SELECT 1 FROM {} ji WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s))"
+            ).format(db.table("job_item"), db.table("job_item")),
+            {"jobs": run_jobs},
         )
         cur.execute(
             sql.SQL(
@@ -355,8 +379,9 @@ def update_batch_totals(db: Database, batch_id: int) -> tuple[int, int]:
     with db.transaction() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT count(*) FILTER (WHERE status = ANY(%s)), count(*) FROM {} WHERE batch_id = %s"
-            ).format(db.table("process_status")),
+                "SELECT coalesce(sum(items) FILTER (WHERE status = ANY(%s)), 0), coalesce(sum(items), 0)"
+                " FROM {} WHERE batch_id = %s"
+            ).format(db.table("ecod_jobs_status_count")),
             (sorted(PROCESS_DONE), batch_id),
         )
         done, total = cur.fetchone()

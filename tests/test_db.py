@@ -235,3 +235,43 @@ def test_cli_unreachable_database_exit_2(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0]
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_status_counts_follow_every_writer(db_config: dict[str, Any], pg_conn: Any) -> None:
+    """The trigger-kept counts equal a GROUP BY after any mix of writes, ours or not."""
+    db = Database(db_config)
+    init_schema(db)
+    first = create_batch(db, "one", [ItemRow(f"a{i}") for i in range(300)])
+    second = create_batch(db, "two", [ItemRow(f"b{i}") for i in range(20)])
+    writes = [
+        # bulk, per row (as pyECOD's scripts do), moves between batches, NULLs, deletes
+        "UPDATE ecod_schema.process_status SET status = 'processing' WHERE id <= 200",
+        "UPDATE ecod_schema.process_status SET status = 'success' WHERE id = 5",
+        "UPDATE ecod_schema.process_status SET status = 'error' WHERE id BETWEEN 6 AND 40",
+        "UPDATE ecod_schema.process_status SET updated_at = now()",  # no status change
+        f"UPDATE ecod_schema.process_status SET batch_id = {second} WHERE id BETWEEN 41 AND 50",
+        "UPDATE ecod_schema.process_status SET status = NULL WHERE id = 51",
+        "UPDATE ecod_schema.process_status SET batch_id = NULL WHERE id = 52",
+        "DELETE FROM ecod_schema.process_status WHERE id BETWEEN 250 AND 260",
+        f"INSERT INTO ecod_schema.process_status (batch_id, current_stage, status)"
+        f" SELECT {first}, 'x', 'skipped' FROM generate_series(1, 7)",
+    ]
+
+    def group_by(batch_id: int) -> dict[str, int]:
+        with pg_conn.cursor() as cur:
+            cur.execute(
+                "SELECT coalesce(status, ''), count(*) FROM ecod_schema.process_status"
+                " WHERE batch_id = %s GROUP BY 1",
+                (batch_id,),
+            )
+            return dict(cur.fetchall())
+
+    for statement in writes:
+        with pg_conn.cursor() as cur:
+            cur.execute(statement)
+        for batch_id in (first, second):
+            assert status_counts(db, batch_id) == group_by(batch_id), statement
+    assert status_counts(db, first)["error"] == 35
+    with pg_conn.cursor() as cur:  # a rolled-back write leaves no trace in the counts
+        cur.execute("BEGIN; UPDATE ecod_schema.process_status SET status = 'error'; ROLLBACK")
+    assert status_counts(db, first) == group_by(first)

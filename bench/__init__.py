@@ -1,0 +1,1 @@
+"""ecod-jobs benchmarks (``make bench``): see bench/run.py and the README's Performance section."""
