@@ -32,6 +32,7 @@ from .sync import sync_batch
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SNAKEFILE = PACKAGE_ROOT / "workflow" / "Snakefile"
 PROFILES = PACKAGE_ROOT / "profiles"
+SLURM_PROFILE_JOBS = 10000  # profiles/slurm: jobs and max-jobs-per-timespan
 
 ProgressCallback = Callable[[dict[str, int], int], None]
 
@@ -140,6 +141,12 @@ def run_batch(
         return BatchResult(batch_id, None, 0, status_counts(db, batch_id), nothing_to_do=True)
 
     from .recovery import slurm_name_prefix
+
+    chunks = -(-pending // spec.batch_size)
+    if _uses_slurm(profile_dir) and chunks > SLURM_PROFILE_JOBS:
+        # every chunk must reach the SLURM plugin in one round (see profiles/slurm)
+        snakemake_options.setdefault("jobs", chunks)
+        snakemake_options.setdefault("max_jobs_per_timespan", f"{chunks}/1s")
 
     path, explicit = resolve_config_path(config_path)
     env = {**os.environ, "ECOD_JOBS_RUN_ID": run_id}

@@ -26,7 +26,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from .db import Database
-from .db.bulk import copy_rows
+from .db.bulk import copy_rows, copy_value
 from .layout import BatchLayout, RunLayout, read_jsonl
 from .states import PROCESS_DONE, is_failure, normalize_state
 
@@ -70,6 +70,27 @@ def _ts(value: str | None) -> datetime | None:
 def _elapsed(meta: Mapping[str, Any]) -> float | None:
     start, end = _ts(meta.get("start")), _ts(meta.get("end"))
     return round((end - start).total_seconds(), 3) if start and end else None
+
+
+_NULL = "\\N"
+
+
+def _item_fields(row: tuple[Any, ...], job_id: int) -> list[str]:
+    """One ``_ecod_items`` row as COPY fields; a million of them per large sync, so
+    only the free-text fields go through :func:`copy_value`."""
+    pid, _chunk, _attempt, ji_status, ps_status, stage, exit_code, start, end, seconds, error = row
+    return [
+        str(pid),
+        str(job_id),
+        ji_status,
+        _NULL if ps_status is None else ps_status,
+        copy_value(stage),
+        _NULL if exit_code is None else str(int(exit_code)),
+        copy_value(start),
+        copy_value(end),
+        _NULL if seconds is None else str(float(seconds)),
+        copy_value(error),
+    ]
 
 
 def record_chunks(
@@ -251,7 +272,8 @@ def record_chunks(
                 "elapsed",
                 "error",
             ),
-            ((r[0], job_of[(r[1], r[2])], *r[3:]) for r in item_rows),
+            (_item_fields(r, job_of[(r[1], r[2])]) for r in item_rows),
+            preformatted=True,
         )
         cur.execute("ANALYZE _ecod_items")  # a temp table has no statistics: hash joins, not loops
         # Each item's job_item row of this run moves to the attempt that produced its
@@ -271,17 +293,23 @@ def record_chunks(
             ).format(db.table("job_item")),
             {"jobs": run_jobs},
         )
-        # Rows that are missing (deleted by hand, or never planned) are written anew.
+        # Rows that are missing (deleted by hand, or never planned) are written anew;
+        # the usual case, none missing, costs one index count instead of an anti-join.
         cur.execute(
-            sql.SQL(
-                "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
-                " elapsed_seconds, error_text)"
-                " SELECT n.job_id, n.process_id, n.ji_status, n.exit_code, n.start_time, n.end_time,"
-                " n.elapsed, n.error FROM _ecod_items n WHERE NOT EXISTS"
-                " (SELECT 1 FROM {} ji WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s))"
-            ).format(db.table("job_item"), db.table("job_item")),
-            {"jobs": run_jobs},
+            sql.SQL("SELECT count(*) FROM {} WHERE job_id = ANY(%s)").format(db.table("job_item")),
+            (run_jobs,),
         )
+        if cur.fetchone()[0] < len(item_rows):
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
+                    " elapsed_seconds, error_text)"
+                    " SELECT n.job_id, n.process_id, n.ji_status, n.exit_code, n.start_time, n.end_time,"
+                    " n.elapsed, n.error FROM _ecod_items n WHERE NOT EXISTS"
+                    " (SELECT 1 FROM {} ji WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s))"
+                ).format(db.table("job_item"), db.table("job_item")),
+                {"jobs": run_jobs},
+            )
         cur.execute(
             sql.SQL(
                 "UPDATE {} ps SET status = t.ps_status, current_stage = coalesce(t.stage, ps.current_stage),"

@@ -32,8 +32,11 @@ class CopyStream:
     most of the formatting time.
     """
 
-    def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
-        self._lines: Iterator[str] = ("\t".join(map(copy_value, row)) + "\n" for row in rows)
+    def __init__(self, rows: Iterable[Sequence[Any]], preformatted: bool = False) -> None:
+        if preformatted:  # rows of ready COPY fields (strings, escaped, "\\N" for NULL)
+            self._lines: Iterator[str] = ("\t".join(row) + "\n" for row in rows)
+        else:
+            self._lines = ("\t".join(map(copy_value, row)) + "\n" for row in rows)
         self.rows = 0
 
     def read(self, size: int = _READ_SIZE) -> str:
@@ -53,6 +56,8 @@ def copy_rows(
     table: sql.Composable,
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
+    *,
+    preformatted: bool = False,
 ) -> int:
     """COPY ``rows`` into ``table(columns)`` inside the caller's transaction; returns the row count."""
     statement = (
@@ -60,6 +65,6 @@ def copy_rows(
         .format(table, sql.SQL(", ").join(map(sql.Identifier, columns)))
         .as_string(cur)
     )
-    stream = CopyStream(rows)
+    stream = CopyStream(rows, preformatted)
     cur.copy_expert(statement, stream, size=_READ_SIZE)
     return stream.rows
