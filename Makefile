@@ -7,12 +7,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint demo slurm-up slurm-down clean
+.PHONY: help venv test lint demo bench slurm-up slurm-down clean
 
 help:
 	@echo "make demo   - run the demo batch on the embedded PostgreSQL"
 	@echo "make test   - lint and run the whole test suite (starts SLURM when root)"
 	@echo "make lint   - ruff and snakemake --lint"
+	@echo "make bench  - benchmarks vs baselines (bench/results/latest.md), about 10 min"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,13 @@ test: $(STAMP) lint
 	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up; \
 	else echo "not root: not starting SLURM (scripts/slurm-cluster up needs root)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks, not tests: nothing asserts a speed. Needs PostgreSQL at
+# $$ECOD_BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
+# and, for the SLURM measurement, the cluster (started here when root).
+bench: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up; fi
+	$(PY) -m bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo
