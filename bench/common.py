@@ -6,14 +6,12 @@ import contextlib
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-from psycopg2 import sql
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -59,26 +57,10 @@ def admin_params() -> dict[str, Any]:
 @contextlib.contextmanager
 def scratch_database(prefix: str = "ecodbench") -> Iterator[dict[str, Any]]:
     """A fresh database on the benchmark server, dropped afterwards; yields its config section."""
-    params = admin_params()
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(**params, connect_timeout=10)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    section: dict[str, Any] = {
-        "host": params.get("host", "127.0.0.1"),
-        "port": int(params.get("port", 5432)),
-        "database": name,
-        "user": params.get("user", "postgres"),
-    }
-    if params.get("password"):
-        section["password"] = params["password"]
-    try:
+    from ecod_jobs.db.scratch import scratch_database as scratch
+
+    with scratch({**admin_params(), "connect_timeout": 10}, prefix) as section:
         yield section
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
 
 
 def connect(section: dict[str, Any]) -> psycopg2.extensions.connection:

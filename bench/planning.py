@@ -46,7 +46,7 @@ def measure(work: Path) -> list[Measurement]:
     from ecod_jobs.items import ItemRow
     from ecod_jobs.layout import BatchLayout
     from ecod_jobs.plan import plan_run
-    from ecod_jobs.runs import SNAKEFILE, resolve_profile
+    from ecod_jobs.runs import resolve_profile, snakemake_command
 
     (work / "minimal").mkdir()
     (work / "minimal" / "Snakefile").write_text(MINIMAL.format(n=CHUNKS))
@@ -66,21 +66,16 @@ def measure(work: Path) -> list[Measurement]:
         log(f"planning: plan checkpoint of {CHUNKS:,} chunks")
         plan_seconds, plan = timed(lambda: plan_run(db, config, spec, batch_id, run))
         log(f"planning: snakemake --dry-run with {CHUNKS:,} planned chunks")
-        argv = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(SNAKEFILE),
-            "--profile",
-            str(resolve_profile("local")),
+        argv = snakemake_command(
+            resolve_profile("local"),
+            [
+                f"batch_id={batch_id}",
+                f"job_type={spec.name}",
+                f"run_id={run_id}",
+                f"ecod_config={config_path}",
+            ],
             "--dry-run",
-            "--config",
-            f"batch_id={batch_id}",
-            f"job_type={spec.name}",
-            f"run_id={run_id}",
-            f"ecod_config={config_path}",
-        ]
+        )
         dag_seconds, jobs = dry_run(argv, work, "dryrun.log")
     if jobs < CHUNKS or base_jobs < CHUNKS:
         raise RuntimeError(f"dry runs planned {jobs} and {base_jobs} jobs, expected {CHUNKS}+")

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from ecod_jobs.db.bulk import copy_value
+
 from .common import REPO, Measurement, connect, log, timed
 
 JOB_TYPE = "bench"
@@ -76,8 +78,8 @@ def checkpoint(section: dict[str, Any]) -> None:
 
 
 def copy_text(rows: list[tuple[Any, ...]]) -> io.StringIO:
-    buffer = io.StringIO("".join("\t".join("\\N" if v is None else str(v) for v in r) + "\n" for r in rows))
-    return buffer
+    """The rows as COPY text, rendered before the clock starts."""
+    return io.StringIO("".join("\t".join(map(copy_value, r)) + "\n" for r in rows))
 
 
 def raw_copy(section: dict[str, Any], items: int, batch_size: int) -> float:

@@ -87,10 +87,7 @@ class RunLayout:
         for path in results.glob(f"{chunk}.attempt-*.json"):
             match = _ATTEMPT_RE.search(path.name)
             if match:
-                try:
-                    found[int(match.group(1))] = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    found[int(match.group(1))] = {}
+                found[int(match.group(1))] = _read_meta(path)
         return dict(sorted(found.items()))
 
     def attempts_by_chunk(self) -> dict[str, dict[int, dict[str, Any]]]:
@@ -102,11 +99,7 @@ class RunLayout:
         for entry in os.scandir(results):
             match = _CHUNK_ATTEMPT_RE.match(entry.name)
             if match:
-                try:
-                    meta = json.loads(Path(entry.path).read_text())
-                except (OSError, ValueError):
-                    meta = {}
-                found.setdefault(match.group(1), {})[int(match.group(2))] = meta
+                found.setdefault(match.group(1), {})[int(match.group(2))] = _read_meta(Path(entry.path))
         return {chunk: dict(sorted(a.items())) for chunk, a in found.items()}
 
     def log(self, chunk: str) -> Path:
@@ -132,6 +125,14 @@ class RunLayout:
 
 
 # --------------------------------------------------------------------------- files
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """An attempt record; {} when it is unreadable (a writer killed mid-way)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:

@@ -94,6 +94,22 @@ def snakemake_args(options: Mapping[str, Any]) -> list[str]:
     return args
 
 
+def snakemake_command(profile_dir: Path, smk_config: list[str], *options: str) -> list[str]:
+    """The workflow's Snakemake command line: ``--config`` items like ``batch_id=7``."""
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--profile",
+        str(profile_dir),
+        *options,
+        "--config",
+        *smk_config,
+    ]
+
+
 def run_batch(
     batch_id: int,
     profile: str = "local",
@@ -160,21 +176,14 @@ def run_batch(
         config_file = str(Path(path).resolve())
         env["ECOD_CONFIG_PATH"] = config_file
         smk_config.append(f"ecod_config={config_file}")
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--profile",
-        str(profile_dir),
+    argv = snakemake_command(
+        profile_dir,
+        smk_config,
         # names its SLURM jobs, so that a later run can find and cancel them if this one dies
         "--slurm-jobname-prefix",
         slurm_name_prefix(run_id),
         *snakemake_args(snakemake_options),
-        "--config",
-        *smk_config,
-    ]
+    )
     if dry_run:
         argv.append("--dry-run")
     log_dir = Path(config["pipeline"]["work_root"]) / "logs"

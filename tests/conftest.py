@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -56,25 +54,10 @@ def pg_admin_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def scratch_db(pg_admin_params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A fresh database for one test; yields its ecod-jobs ``database`` config section."""
-    name = f"ecodtest_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(**pg_admin_params)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    section: dict[str, Any] = {
-        "host": pg_admin_params.get("host", "127.0.0.1"),
-        "port": int(pg_admin_params.get("port", 5432)),
-        "database": name,
-        "user": pg_admin_params.get("user", "postgres"),
-    }
-    if pg_admin_params.get("password"):
-        section["password"] = pg_admin_params["password"]
-    try:
+    from ecod_jobs.db.scratch import scratch_database
+
+    with scratch_database(pg_admin_params, "ecodtest") as section:
         yield section
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.close()
 
 
 @pytest.fixture
