@@ -1,9 +1,9 @@
 """Planning a run: pick the items that need work, cut them into chunks, record it all.
 
 Runs on the head node as the workflow's checkpoint (and from ``run_batch`` for
-the "nothing to do" check). One transaction selects the items (locking them),
-inserts one ``job`` row per chunk and its ``job_item`` rows with COPY, and moves
-the items to ``processing``. The manifests are written before the commit and
+the "nothing to do" check). One transaction moves the items needing work to
+``processing`` (one UPDATE ... RETURNING that also selects and locks them),
+inserts one ``job`` row per chunk and its ``job_item`` rows with COPY. The manifests are written before the commit and
 ``plan.json`` (the checkpoint's output) last, atomically: a crash leaves either
 no plan or a complete one.
 """
@@ -27,7 +27,7 @@ from .config import JobTypeSpec, seconds_to_time, time_to_seconds
 from .db import Database, require_batch
 from .db.batches import Batch
 from .db.bulk import copy_rows
-from .layout import RunLayout, chunk_id, write_atomic
+from .layout import RunLayout, chunk_id, sync_filesystem, write_atomic, write_unsynced
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,18 @@ class _ManifestWriter(threading.Thread):
 
     def run(self) -> None:
         try:
+            # Written in place, no fsync each: nothing reads a manifest before plan.json
+            # exists, and one syncfs before plan.json makes them all durable at once.
+            self.layout.manifest(chunk_id(0)).parent.mkdir(parents=True, exist_ok=True)
             for index, start in enumerate(range(0, len(self.rows), self.size)):
-                write_atomic(
+                write_unsynced(
                     self.layout.manifest(chunk_id(index)),
                     "".join(
                         manifest_line(pid, prot, resolve_item_path(rel, self.base_path), rel)
                         for pid, prot, rel in self.rows[start : start + self.size]
                     ),
                 )
+            sync_filesystem(self.layout.manifest(chunk_id(0)).parent)
         except BaseException as exc:  # handed to the planning thread
             self.error = exc
 
@@ -108,15 +112,19 @@ def plan_run(
     statuses = statuses_needing_work(retry_failed)
     ps = db.table("process_status")
     with db.transaction() as cur:
-        # FOR UPDATE: a concurrent planner of the same batch waits, then sees 'processing'.
+        # Selecting and moving the items to 'processing' in one statement writes each
+        # row once (SELECT ... FOR UPDATE then UPDATE wrote every row twice). A
+        # concurrent planner of the same batch waits on the row locks, then sees
+        # 'processing' and skips the items.
         cur.execute(
             sql.SQL(
-                "SELECT id, protein_id, relative_path FROM {} WHERE batch_id = %s AND status = ANY(%s)"
-                " ORDER BY id FOR UPDATE"
+                "UPDATE {} SET status = 'processing', error_message = NULL, updated_at = now()"
+                " WHERE batch_id = %s AND status = ANY(%s) RETURNING id, protein_id, relative_path"
             ).format(ps),
             (batch_id, statuses),
         )
         rows = cur.fetchall()
+        rows.sort()  # RETURNING has no order; chunks are cut in id order
         chunks = [
             {"chunk_id": chunk_id(index), "items": len(rows[start : start + spec.batch_size])}
             for index, start in enumerate(range(0, len(rows), spec.batch_size))
@@ -164,13 +172,6 @@ def plan_run(
                             yield (chunk["job_id"], pid, "pending")
 
                 copy_rows(cur, db.table("job_item"), ("job_id", "process_id", "status"), job_items())
-                cur.execute(
-                    sql.SQL(
-                        "UPDATE {} SET status = 'processing', error_message = NULL, updated_at = now()"
-                        " WHERE batch_id = %s AND status = ANY(%s)"
-                    ).format(ps),
-                    (batch_id, statuses),
-                )
                 cur.execute(
                     sql.SQL(
                         "UPDATE {} SET status = 'processing'"
