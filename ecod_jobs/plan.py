@@ -3,9 +3,9 @@
 Runs on the head node as the workflow's checkpoint (and from ``run_batch`` for
 the "nothing to do" check). One transaction moves the items needing work to
 ``processing`` (one UPDATE ... RETURNING that also selects and locks them),
-inserts one ``job`` row per chunk and its ``job_item`` rows with COPY. The manifests are written before the commit and
-``plan.json`` (the checkpoint's output) last, atomically: a crash leaves either
-no plan or a complete one.
+inserts one ``job`` row per chunk and its ``job_item`` rows with COPY. The
+manifests are written before the commit and ``plan.json`` (the checkpoint's
+output) last, atomically: a crash leaves either no plan or a complete one.
 """
 
 from __future__ import annotations
