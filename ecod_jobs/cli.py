@@ -20,7 +20,7 @@ import yaml
 from . import __version__
 from .config import is_embedded, load_config, redact
 from .db import Database, create_batch, current_version, init_schema, list_batches
-from .exceptions import USAGE_ERRORS, ECODError
+from .exceptions import USAGE_ERRORS, ECODError, ValidationError
 from .items import read_items
 
 log = logging.getLogger("ecod_jobs.cli")
@@ -253,6 +253,35 @@ def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .insight.data import require_schema
+    from .insight.report import write_report
+
+    db = require_schema(Database(config))
+    out = Path(args.output or f"batch_{args.batch}_report.html")
+    if out.is_dir():
+        raise ValidationError(f"--output {out}: is a directory; give a file name", {"output": str(out)})
+    if not out.parent.is_dir():
+        raise ValidationError(f"--output {out}: directory {out.parent} does not exist", {"output": str(out)})
+    write_report(db, args.batch, out)
+    print(f"batch {args.batch}: report written to {out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .insight.dashboard import serve
+
+    url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
+    print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"  from your laptop: ssh -N -L {args.port}:localhost:{args.port} THIS_HOST, then open {url}",
+            flush=True,
+        )
+    serve(Database(config), args.host, args.port)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -320,7 +349,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = add(sub, "cancel", cmd_cancel, "stop the batch's runs and cancel their jobs")
     cancel.add_argument("--batch", type=int, required=True)
+
+    report = add(sub, "report", cmd_report, "write a self-contained HTML report of a batch (opens offline)")
+    report.add_argument("--batch", type=int, required=True)
+    report.add_argument(
+        "-o", "--output", metavar="FILE", help="the HTML file (default: batch_N_report.html here)"
+    )
+
+    dash = add(sub, "dashboard", cmd_dashboard, "serve a read-only web dashboard of all batches")
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)"
+    )
+    dash.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r}: expected a number from 1 to 65535"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected 1 to 65535")
+    return port
 
 
 def _setup_logging(debug: bool, verbose: bool) -> None:

@@ -9,7 +9,7 @@ from .batches import (
     require_batch,
     status_counts,
 )
-from .connection import ConnectionInfo, Database, is_transient, retry_while_away
+from .connection import ConnectionInfo, Database, Snapshot, is_transient, retry_while_away, snapshot
 from .schema import LATEST_VERSION, current_version, init_schema
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Batch",
     "ConnectionInfo",
     "Database",
+    "Snapshot",
     "create_batch",
     "current_version",
     "failed_items",
@@ -26,5 +27,6 @@ __all__ = [
     "list_batches",
     "require_batch",
     "retry_while_away",
+    "snapshot",
     "status_counts",
 ]

@@ -132,6 +132,29 @@ class Database:
             return cur.fetchall() if cur.description else []
 
 
+class Snapshot(Database):
+    """A ``Database`` whose queries all run in one read-only, repeatable-read transaction:
+    a view made of several queries sees one moment, over one connection."""
+
+    def __init__(self, db: Database, cursor: psycopg2.extensions.cursor) -> None:
+        super().__init__(db.config)
+        self.schema, self._info, self._cursor = db.schema, db._info, cursor
+
+    def query(self, statement: sql.Composable | str, params: Any = None) -> list[tuple[Any, ...]]:
+        try:
+            self._cursor.execute(statement, params)
+        except psycopg2.Error as exc:
+            raise DatabaseError(f"database error on {self.info.describe()}: {_pg_message(exc)}") from exc
+        return self._cursor.fetchall() if self._cursor.description else []
+
+
+@contextlib.contextmanager
+def snapshot(db: Database) -> Iterator[Snapshot]:
+    with db.transaction() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield Snapshot(db, cur)
+
+
 def _pg_message(exc: psycopg2.Error) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag else None

@@ -1,0 +1,11 @@
+"""Seeing a batch: the HTML report and the read-only web dashboard.
+
+    data.py       what both show, read from PostgreSQL as JSON-ready dicts
+    figures.py    the plots (Plotly figures built from those dicts)
+    report.py     ``ecod-jobs report``: one self-contained HTML file
+    dashboard.py  ``ecod-jobs dashboard``: the page and its JSON API
+
+Every query here is bounded (counts come from the trigger-kept count table,
+lists have limits), so the dashboard answers in constant time on a batch of a
+million items.
+"""

@@ -1,0 +1,140 @@
+"""``ecod-jobs dashboard``: a read-only web page over the database, and its JSON API.
+
+    GET /                                 the batch list (page)
+    GET /batches/{id}                     one batch (page)
+    GET /api/batches                      batches with counts and progress
+    GET /api/batches/{id}                 one batch: counts, jobs, plots, failures, runs
+    GET /api/batches/{id}/failed          failed items, ``?limit=`` (<= 1000) and ``?offset=``
+    GET /static/{name}                    view.js, style.css, plotly.min.js (from the plotly wheel)
+
+Read-only by construction: only GET routes, and every connection runs with
+``default_transaction_read_only``. The page is drawn by the same ``view.js`` as
+the report, from the same JSON, with textContent only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..db import Database, require_batch, snapshot
+from ..exceptions import DatabaseError, DatabaseUnavailableError, ValidationError
+from . import data, figures
+from .data import require_schema
+from .report import environment, plotly_js, static_text
+
+DASHBOARD_JOB_LIMIT = 2000  # chunk jobs in the plots: the latest
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline';"
+    " style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+STATIC = {"view.js": "text/javascript", "style.css": "text/css", "plotly.min.js": "text/javascript"}
+
+
+def _json(payload: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(payload, status_code=status, headers=SECURITY_HEADERS)
+
+
+@functools.cache
+def _static(name: str) -> bytes:
+    text = plotly_js() if name == "plotly.min.js" else static_text(name)
+    return text.encode("utf-8")
+
+
+def create_app(db: Database) -> Starlette:
+    """The dashboard over ``db`` (whose connections should be read-only: see ``serve``)."""
+
+    def page(request: Request) -> HTMLResponse:
+        batch_id = request.path_params.get("batch_id")
+        html = environment().get_template("dashboard.html.j2").render(batch_id=batch_id)
+        return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(
+            _static(name),
+            media_type=STATIC[name],
+            headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=3600"},
+        )
+
+    def api_batches(request: Request) -> JSONResponse:
+        with snapshot(db) as snap:
+            return _json({"batches": data.batches(snap)})
+
+    def api_batch(request: Request) -> JSONResponse:
+        with snapshot(db) as snap:
+            view = data.batch_view(snap, request.path_params["batch_id"], jobs_limit=DASHBOARD_JOB_LIMIT)
+        return _json(figures.attach(view))
+
+    def api_failed(request: Request) -> JSONResponse:
+        batch_id = request.path_params["batch_id"]
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        with snapshot(db) as snap:
+            batch = require_batch(snap, batch_id)
+            items = data.failed_items(snap, batch_id, batch.base_path, limit=limit, offset=offset)
+        return _json({"batch_id": batch_id, "limit": limit, "offset": offset, "items": items})
+
+    async def bad_request(request: Request, exc: Exception) -> JSONResponse:
+        return _json({"error": str(exc)}, 404 if "does not exist" in str(exc) else 400)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return _json({"error": str(exc)}, 503)
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        return _json({"error": str(exc)}, 500)
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/batches/{batch_id:int}", page),
+            Route("/api/batches", api_batches),
+            Route("/api/batches/{batch_id:int}", api_batch),
+            Route("/api/batches/{batch_id:int}/failed", api_failed),
+            Route("/static/{name}", static),
+        ],
+        exception_handlers={
+            ValidationError: bad_request,
+            DatabaseUnavailableError: unavailable,
+            DatabaseError: database_error,
+        },
+    )
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"query parameter {name}={raw!r}: expected an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"query parameter {name}={value}: expected {low} to {high}")
+    return value
+
+
+def read_only(db: Database) -> Database:
+    """Make every connection of this process read-only (libpq reads PGOPTIONS at connect)."""
+    options = os.environ.get("PGOPTIONS", "")
+    if "default_transaction_read_only" not in options:
+        os.environ["PGOPTIONS"] = f"{options} -c default_transaction_read_only=on".strip()
+    return require_schema(db)
+
+
+def serve(db: Database, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Serve the dashboard until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(read_only(db)), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,370 @@
+"""What the report and the dashboard show, read from PostgreSQL as JSON-ready dicts.
+
+Every function is bounded whatever the batch size: item counts come from the
+count table kept by triggers (schema version 5), chunk jobs and failed items are
+read with limits, and only the report's slowest-items list scans a batch's items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import sql
+
+from ..config import seconds_to_time
+from ..db import Database, current_version, require_batch, status_counts
+from ..exceptions import ConfigurationError
+from ..lease import LEASE_SECONDS
+from ..plan import resolve_item_path
+from ..states import PROCESS_STATUSES
+
+MIN_SCHEMA = 5  # ecod_jobs_status_count
+JOB_LIMIT = 5000  # the latest chunk jobs shown in plots and tables
+FAILURE_SAMPLE = 10_000  # failed items read to group errors
+FAILURE_GROUPS = 20
+PATHS_PER_GROUP = 5
+# Scheduler states that say the request was too small for the chunk.
+TOO_LITTLE_TIME = frozenset({"TIMEOUT", "DEADLINE"})
+TOO_LITTLE_MEMORY = frozenset({"OUT_OF_MEMORY", "OUT_OF_ME+"})
+MEMORY_STEP_MB = 256
+MEMORY_HEADROOM = 1.25
+TIME_HEADROOM = 1.5
+
+
+def require_schema(db: Database) -> Database:
+    """The database, once its schema has the count table these views read (version 5)."""
+    version = current_version(db)
+    if version < MIN_SCHEMA:
+        raise ConfigurationError(
+            f"the database schema is at version {version}; reports and the dashboard need"
+            f" version {MIN_SCHEMA} or later: run `ecod-jobs db init` first"
+        )
+    return db
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _progress(counts: Mapping[str, int]) -> dict[str, Any]:
+    """Items finished (success, error or skipped) of all; the bar and the figures."""
+    by_status = {s: int(counts.get(s, 0)) for s in PROCESS_STATUSES}
+    by_status.update({k: int(v) for k, v in counts.items() if k not in by_status})
+    total = sum(by_status.values())
+    finished = by_status["success"] + by_status["error"] + by_status["skipped"]
+    return {
+        "by_status": by_status,
+        "total": total,
+        "finished": finished,
+        "progress": finished / total if total else 0.0,
+        "progress_percent": round(100 * finished / total, 1) if total else 0.0,
+    }
+
+
+def batches(db: Database, limit: int = 500) -> list[dict[str, Any]]:
+    """The latest batches with their counts and whether a run is live (one query)."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT b.id, b.batch_name, b.type, b.status, b.total_items, b.created_at, c.counts, l.live"
+            " FROM {batch} b"
+            " LEFT JOIN LATERAL (SELECT json_object_agg(status, items) AS counts FROM {counts}"
+            "   WHERE batch_id = b.id AND items <> 0) c ON true"
+            " LEFT JOIN LATERAL (SELECT count(*) AS live FROM {lease}"
+            "   WHERE batch_id = b.id AND heartbeat_at > now() - make_interval(secs => %s)) l ON true"
+            " ORDER BY b.id DESC LIMIT %s"
+        ).format(
+            batch=db.table("batch"),
+            counts=db.table("ecod_jobs_status_count"),
+            lease=db.table("ecod_jobs_lease"),
+        ),
+        (LEASE_SECONDS, limit),
+    )
+    return [
+        {
+            "id": bid,
+            "name": name,
+            "type": btype,
+            "status": status,
+            "created_at": _iso(created),
+            "active": bool(live),
+            **_progress(counts or {}),
+            "registered_items": total_items,
+        }
+        for bid, name, btype, status, total_items, created, counts, live in rows
+    ]
+
+
+def runs(db: Database, batch_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """Run provenance, newest first: who ran what where, with which tools and config."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT r.run_id, r.job_type, r.profile, r.host, r.username, r.pid, r.config_hash,"
+            " r.snakemake_version, r.ecod_jobs_version, r.planned_items, r.planned_chunks, r.status,"
+            " r.message, r.started_at, r.ended_at,"
+            " l.heartbeat_at > now() - make_interval(secs => %s) AS live"
+            " FROM {} r LEFT JOIN {} l ON l.run_id = r.run_id"
+            " WHERE r.batch_id = %s ORDER BY r.started_at DESC LIMIT %s"
+        ).format(db.table("ecod_jobs_run"), db.table("ecod_jobs_lease")),
+        (LEASE_SECONDS, batch_id, limit),
+    )
+    keys = [
+        "run_id",
+        "job_type",
+        "profile",
+        "host",
+        "username",
+        "pid",
+        "config_hash",
+        "snakemake_version",
+        "ecod_jobs_version",
+        "planned_items",
+        "planned_chunks",
+        "status",
+        "message",
+        "started_at",
+        "ended_at",
+        "live",
+    ]
+    out = []
+    for row in rows:
+        run = dict(zip(keys, row, strict=True))
+        run["run_id"] = str(run["run_id"])
+        run["started_at"], run["ended_at"] = _iso(run["started_at"]), _iso(run["ended_at"])
+        run["live"] = bool(run["live"])
+        out.append(run)
+    return out
+
+
+def chunk_jobs(db: Database, batch_id: int, limit: int = JOB_LIMIT) -> list[dict[str, Any]]:
+    """The batch's latest chunk jobs (one per chunk and attempt), oldest first."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT id, run_id, job_type, chunk_id, attempt, status, scheduler_state, slurm_job_id, node,"
+            " items_count, start_time, coalesce(completion_time, start_time"
+            "   + make_interval(secs => elapsed_seconds)), elapsed_seconds, cpu_seconds, max_rss_kb,"
+            " req_mem_mb, req_time_seconds, exit_code, error_text"
+            " FROM {} WHERE batch_id = %s ORDER BY id DESC LIMIT %s"
+        ).format(db.table("job")),
+        (batch_id, limit),
+    )
+    jobs = []
+    for (
+        jid, run_id, job_type, chunk, attempt, status, state, slurm_id, node, items, start, end, elapsed,
+        cpu, rss_kb, req_mem, req_time, exit_code, error,
+    ) in reversed(rows):  # fmt: skip
+        jobs.append(
+            {
+                "id": jid,
+                "run_id": str(run_id) if run_id else None,
+                "job_type": job_type,
+                "chunk_id": chunk,
+                "attempt": attempt,
+                "status": status,
+                "scheduler_state": state,
+                "slurm_job_id": slurm_id,
+                "node": node,
+                "items": items,
+                "start": _iso(start),
+                "end": _iso(end),
+                "elapsed_seconds": elapsed,
+                "cpu_seconds": cpu,
+                "max_rss_mb": round(rss_kb / 1024, 1) if rss_kb is not None else None,
+                "req_mem_mb": req_mem,
+                "req_time_seconds": req_time,
+                "exit_code": exit_code,
+                "error": error,
+            }
+        )
+    return jobs
+
+
+def job_counts(db: Database, batch_id: int) -> dict[str, int]:
+    rows = db.query(
+        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+            db.table("job")
+        ),
+        (batch_id,),
+    )
+    counts = {s: 0 for s in ("submitted", "completed", "failed")}
+    counts.update({str(s): int(n) for s, n in rows})
+    return counts
+
+
+def failures(
+    db: Database, batch_id: int, base_path: str, failed_total: int, sample: int = FAILURE_SAMPLE
+) -> dict[str, Any]:
+    """Failed items grouped by error message (largest group first), each with some paths.
+
+    Groups are made from the first ``sample`` failed items by id, so a batch where
+    everything failed still answers at once; ``sampled`` says how many were read.
+    """
+    rows = db.query(
+        sql.SQL(
+            "WITH f AS (SELECT id, relative_path, current_stage, error_message FROM {}"
+            "   WHERE batch_id = %s AND status = 'error' ORDER BY id LIMIT %s)"
+            " SELECT coalesce(error_message, ''), count(*), min(current_stage),"
+            "  (array_agg(id ORDER BY id))[1:%s], (array_agg(relative_path ORDER BY id))[1:%s]"
+            " FROM f GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %s"
+        ).format(db.table("process_status")),
+        (batch_id, sample, PATHS_PER_GROUP, PATHS_PER_GROUP, FAILURE_GROUPS),
+    )
+    groups = [
+        {
+            "error": error,
+            "count": int(count),
+            "stage": stage,
+            "items": [
+                {"process_id": pid, "path": resolve_item_path(rel, base_path)}
+                for pid, rel in zip(ids, paths, strict=True)
+            ],
+        }
+        for error, count, stage, ids, paths in rows
+    ]
+    return {"failed": failed_total, "sampled": min(failed_total, sample), "groups": groups}
+
+
+def failed_items(
+    db: Database, batch_id: int, base_path: str, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    """A page of the batch's failed items with their errors, by id."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT id, relative_path, current_stage, error_message, updated_at FROM {}"
+            " WHERE batch_id = %s AND status = 'error' ORDER BY id LIMIT %s OFFSET %s"
+        ).format(db.table("process_status")),
+        (batch_id, limit, offset),
+    )
+    return [
+        {
+            "process_id": pid,
+            "path": resolve_item_path(rel, base_path),
+            "stage": stage,
+            "error": error,
+            "updated_at": _iso(updated),
+        }
+        for pid, rel, stage, error, updated in rows
+    ]
+
+
+def slowest_items(db: Database, batch_id: int, base_path: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The items that took longest in any run of the batch (reads all its job items: report only)."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT ji.process_id, ps.relative_path, ji.elapsed_seconds, ji.status, j.chunk_id, j.attempt,"
+            " j.node FROM {ji} ji JOIN {job} j ON j.id = ji.job_id JOIN {ps} ps ON ps.id = ji.process_id"
+            " WHERE j.batch_id = %s AND ji.elapsed_seconds IS NOT NULL"
+            " ORDER BY ji.elapsed_seconds DESC, ji.process_id LIMIT %s"
+        ).format(ji=db.table("job_item"), job=db.table("job"), ps=db.table("process_status")),
+        (batch_id, limit),
+    )
+    return [
+        {
+            "process_id": pid,
+            "path": resolve_item_path(rel, base_path),
+            "seconds": elapsed,
+            "status": status,
+            "chunk_id": chunk,
+            "attempt": attempt,
+            "node": node,
+        }
+        for pid, rel, elapsed, status, chunk, attempt, node in rows
+    ]
+
+
+def slowest_chunks(jobs: Sequence[Mapping[str, Any]], limit: int = 10) -> list[Mapping[str, Any]]:
+    timed = [j for j in jobs if j["elapsed_seconds"] is not None]
+    return sorted(timed, key=lambda j: (-j["elapsed_seconds"], j["id"]))[:limit]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def resource_fit(jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Runtime and peak memory of the chunks against their requests, and what to ask next time.
+
+    Suggested memory: the largest peak seen times 1.25, rounded up to 256 MB;
+    suggested time: the longest chunk times 1.5, rounded up to a minute. A chunk
+    killed for running out of either means the request was too small: the
+    suggestion is then at least twice the largest request that was killed.
+    """
+    finished = [j for j in jobs if j["status"] == "completed"]
+    elapsed = [float(j["elapsed_seconds"]) for j in finished if j["elapsed_seconds"] is not None]
+    rss = [float(j["max_rss_mb"]) for j in finished if j["max_rss_mb"] is not None]
+    killed_time = [j["req_time_seconds"] for j in jobs if (j["scheduler_state"] or "") in TOO_LITTLE_TIME]
+    killed_mem = [j["req_mem_mb"] for j in jobs if (j["scheduler_state"] or "") in TOO_LITTLE_MEMORY]
+    req_time = [j["req_time_seconds"] for j in jobs if j["req_time_seconds"]]
+    req_mem = [j["req_mem_mb"] for j in jobs if j["req_mem_mb"]]
+
+    def summary(values: list[float]) -> dict[str, float | None]:
+        if not values:
+            return {"n": 0, "median": None, "p95": None, "max": None}
+        return {
+            "n": len(values),
+            "median": _quantile(values, 0.5),
+            "p95": _quantile(values, 0.95),
+            "max": max(values),
+        }
+
+    suggested_time = None
+    if elapsed or killed_time:
+        seconds = max(elapsed, default=0) * TIME_HEADROOM
+        seconds = max(seconds, 2 * max((t for t in killed_time if t), default=0))
+        suggested_time = max(60, math.ceil(seconds / 60) * 60)
+    suggested_mem = None
+    if rss or killed_mem:
+        mb = max(rss, default=0) * MEMORY_HEADROOM
+        mb = max(mb, 2 * max((m for m in killed_mem if m), default=0))
+        suggested_mem = max(MEMORY_STEP_MB, math.ceil(mb / MEMORY_STEP_MB) * MEMORY_STEP_MB)
+    return {
+        "runtime": {
+            **summary(elapsed),
+            "requested": max(req_time) if req_time else None,
+            "killed": len(killed_time),
+            "suggested": suggested_time,
+            "suggested_text": seconds_to_time(suggested_time) if suggested_time else None,
+        },
+        "memory": {
+            **summary(rss),
+            "requested": max(req_mem) if req_mem else None,
+            "killed": len(killed_mem),
+            "suggested": suggested_mem,
+            "suggested_text": f"{suggested_mem} MB" if suggested_mem else None,
+        },
+    }
+
+
+def batch_view(db: Database, batch_id: int, *, jobs_limit: int = JOB_LIMIT) -> dict[str, Any]:
+    """Everything the dashboard's batch page shows (and the report, with ``report_extras``)."""
+    batch = require_batch(db, batch_id)
+    progress = _progress(status_counts(db, batch_id))
+    jobs = chunk_jobs(db, batch_id, jobs_limit)
+    run_list = runs(db, batch_id)
+    return {
+        "batch": {
+            "id": batch.id,
+            "name": batch.batch_name,
+            "type": batch.type,
+            "status": batch.status,
+            "base_path": batch.base_path,
+            "ref_version": batch.ref_version,
+            "registered_items": batch.total_items,
+            "created_at": _iso(batch.created_at),
+            "completed_at": _iso(batch.completed_at),
+        },
+        **progress,
+        "active": any(r["live"] for r in run_list),
+        "job_counts": job_counts(db, batch_id),
+        "jobs": jobs,
+        "jobs_shown": len(jobs),
+        "jobs_limit": jobs_limit,
+        "slowest_chunks": slowest_chunks(jobs),
+        "resources": resource_fit(jobs),
+        "failures": failures(db, batch_id, batch.base_path, progress["by_status"]["error"]),
+        "failed_items": failed_items(db, batch_id, batch.base_path, limit=100),
+        "runs": run_list,
+    }

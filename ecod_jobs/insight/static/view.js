@@ -1,0 +1,254 @@
+// ecod-jobs: draws a batch view (the JSON of /api/batches/{id}, or the report's
+// embedded copy) and the batch list. Used by the offline report and the dashboard.
+// Every text from the database goes in with textContent, never as HTML.
+"use strict";
+
+const ECOD = (() => {
+  const STATUSES = ["pending", "processing", "success", "error", "skipped"];
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = String(value);
+      else node.setAttribute(key, String(value));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const num = (n) => (n === null || n === undefined ? "-" : Number(n).toLocaleString("en-US"));
+  const secs = (s) => {
+    if (s === null || s === undefined) return "-";
+    if (s < 120) return `${Number(s).toFixed(1)} s`;
+    const t = Math.round(s), h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), r = t % 60;
+    return `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}`;
+  };
+  const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "-");
+
+  function table(id, columns, rows, empty) {
+    if (!rows.length) return el("p", { id, class: "empty" }, empty);
+    const head = el("tr", {}, ...columns.map(([title]) => el("th", {}, title)));
+    const body = rows.map((row) => el("tr", {}, ...columns.map(([, cell]) => el("td", {}, cell(row)))));
+    return el("table", { id }, el("thead", {}, head), el("tbody", {}, ...body));
+  }
+
+  function progressBar(id, fraction, label) {
+    return el(
+      "div",
+      { class: "progress" },
+      el("progress", { id, max: 1, value: fraction }),
+      el("span", { id: id && `${id}-text` }, label)
+    );
+  }
+
+  function progressLabel(v) {
+    return `${num(v.finished)} of ${num(v.total)} items finished (${v.progress_percent}%),` +
+      ` ${num(v.by_status.error)} failed`;
+  }
+
+  function section(title, ...children) {
+    return el("section", {}, el("h2", {}, title), ...children);
+  }
+
+  const SECTIONS = ["summary", "plots", "resources", "slowest", "failures", "jobs", "runs"];
+
+  function skeleton(root) {
+    root.replaceChildren();
+    const parts = {};
+    for (const name of SECTIONS) {
+      parts[name] = el("div", { id: `section-${name}` });
+      root.append(parts[name]);
+    }
+    parts.plots.append(
+      section(
+        "Plots",
+        el("div", { id: "fig-timeline", class: "figure" }),
+        el("div", { class: "pair" },
+          el("div", { id: "fig-runtime", class: "figure" }),
+          el("div", { id: "fig-memory", class: "figure" }))
+      )
+    );
+    return parts;
+  }
+
+  function summary(v) {
+    const b = v.batch;
+    const counts = STATUSES.concat(Object.keys(v.by_status).filter((s) => !STATUSES.includes(s)));
+    return el(
+      "div",
+      {},
+      el("h1", { id: "batch-title" }, `Batch ${b.id}: `, el("span", { id: "batch-name" }, b.name)),
+      el("p", { class: "meta" },
+        `${b.type} · status ${b.status} · reference ${b.ref_version} · created ${when(b.created_at)}`,
+        v.active ? el("span", { class: "live", id: "live" }, "run in progress") : null),
+      progressBar("progress", v.progress, progressLabel(v)),
+      el("table", { id: "counts", class: "counts" },
+        el("tr", {}, ...counts.map((s) => el("th", {}, s))),
+        el("tr", {}, ...counts.map((s) => el("td", { id: `count-${s}` }, num(v.by_status[s]))))),
+      el("p", { class: "meta", id: "job-counts" },
+        `chunk jobs: ${num(v.job_counts.submitted)} running or queued, ${num(v.job_counts.completed)}` +
+        ` completed, ${num(v.job_counts.failed)} failed` +
+        (v.jobs_shown >= v.jobs_limit ? ` (plots show the latest ${num(v.jobs_limit)})` : ""))
+    );
+  }
+
+  function resources(v) {
+    const r = v.resources, rt = r.runtime, mem = r.memory;
+    const row = (what, x, fmt) => [what, fmt(x.median), fmt(x.p95), fmt(x.max), fmt(x.requested),
+      x.killed ? `${x.killed} chunks killed` : "", x.suggested_text || "-"];
+    const mb = (x) => (x === null || x === undefined ? "-" : `${num(Math.round(x))} MB`);
+    const rows = [row("runtime", rt, secs), row("peak memory", mem, mb)];
+    return section(
+      "Requests against use",
+      table("resources", [["", (x) => x[0]], ["median", (x) => x[1]], ["95th percentile", (x) => x[2]],
+        ["max", (x) => x[3]], ["requested", (x) => x[4]], ["", (x) => x[5]], ["suggested next run", (x) => x[6]]],
+      rows, ""),
+      el("p", { class: "note" }, "Suggested: largest peak memory x 1.25 (rounded up to 256 MB) and longest" +
+        " chunk x 1.5 (rounded up to a minute), from completed chunks; at least twice a request that" +
+        " SLURM killed for time or memory.")
+    );
+  }
+
+  function slowest(v) {
+    const parts = [
+      el("h3", {}, "Chunks"),
+      table("slowest-chunks", [["chunk", (j) => j.chunk_id], ["attempt", (j) => j.attempt],
+        ["node", (j) => j.node || "-"], ["items", (j) => num(j.items)], ["runtime", (j) => secs(j.elapsed_seconds)],
+        ["peak memory", (j) => (j.max_rss_mb === null ? "-" : `${num(j.max_rss_mb)} MB`)],
+        ["status", (j) => j.status]], v.slowest_chunks, "No chunk has finished yet."),
+    ];
+    if (v.slowest_items) {
+      parts.push(el("h3", {}, "Items"),
+        table("slowest-items", [["item", (i) => i.process_id], ["path", (i) => i.path],
+          ["runtime", (i) => secs(i.seconds)], ["status", (i) => i.status], ["chunk", (i) => i.chunk_id],
+          ["node", (i) => i.node || "-"]], v.slowest_items, "No item has finished yet."));
+    }
+    return section("Slowest", ...parts);
+  }
+
+  function failures(v) {
+    const f = v.failures;
+    const paths = (g) => el("ul", { class: "paths" }, ...g.items.map((i) => el("li", {}, `${i.process_id} ${i.path}`)));
+    return section(
+      `Failed items (${num(f.failed)})`,
+      f.sampled < f.failed ? el("p", { class: "note" }, `Grouped from the first ${num(f.sampled)} failed items.`) : null,
+      table("failure-groups", [["items", (g) => num(g.count)], ["error", (g) => g.error || "(no message)"],
+        ["stage", (g) => g.stage], ["examples", paths]], f.groups, "No failed items."),
+      v.failed_items && v.failed_items.length
+        ? el("details", {}, el("summary", {}, `The first ${v.failed_items.length} failed items`),
+          table("failed-items", [["item", (i) => i.process_id], ["path", (i) => i.path],
+            ["error", (i) => i.error || ""], ["when", (i) => when(i.updated_at)]], v.failed_items, ""))
+        : null
+    );
+  }
+
+  function jobs(v) {
+    return section(
+      `Chunk jobs (latest ${v.jobs.length})`,
+      table("jobs", [["chunk", (j) => j.chunk_id], ["attempt", (j) => j.attempt], ["status", (j) => j.status],
+        ["scheduler", (j) => j.scheduler_state || "-"], ["SLURM id", (j) => j.slurm_job_id || "-"],
+        ["node", (j) => j.node || "-"], ["items", (j) => num(j.items)], ["start", (j) => when(j.start)],
+        ["runtime", (j) => secs(j.elapsed_seconds)], ["error", (j) => j.error || ""]],
+      v.jobs.slice().reverse(), "No chunk jobs yet.")
+    );
+  }
+
+  function runs(v) {
+    return section(
+      "Runs",
+      table("runs", [["run", (r) => r.run_id], ["job type", (r) => r.job_type], ["status", (r) => (r.live ? "running" : r.status)],
+        ["who", (r) => r.username || "-"], ["host", (r) => r.host || "-"], ["profile", (r) => r.profile || "-"],
+        ["started", (r) => when(r.started_at)], ["ended", (r) => when(r.ended_at)],
+        ["items", (r) => num(r.planned_items)], ["chunks", (r) => num(r.planned_chunks)],
+        ["config hash", (r) => (r.config_hash || "-").slice(0, 12)],
+        ["versions", (r) => `ecod-jobs ${r.ecod_jobs_version || "?"}, snakemake ${r.snakemake_version || "?"}`],
+        ["message", (r) => r.message || ""]], v.runs, "No runs yet.")
+    );
+  }
+
+  const PLOT_CONFIG = { displaylogo: false, responsive: true };
+
+  function draw(parts, v) {
+    parts.summary.replaceChildren(summary(v));
+    parts.resources.replaceChildren(resources(v));
+    parts.slowest.replaceChildren(slowest(v));
+    parts.failures.replaceChildren(failures(v));
+    parts.jobs.replaceChildren(jobs(v));
+    parts.runs.replaceChildren(runs(v));
+    if (window.Plotly) {
+      for (const [name, fig] of Object.entries(v.figures || {})) {
+        window.Plotly.react(`fig-${name}`, fig.data, fig.layout, PLOT_CONFIG);
+      }
+    }
+  }
+
+  /** The report: one view, drawn once. */
+  function renderReport(root, v) {
+    draw(skeleton(root), v);
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  function setStatus(text, error) {
+    const status = document.getElementById("refresh-status");
+    if (status) {
+      status.textContent = text;
+      status.className = error ? "error" : "";
+    }
+  }
+
+  /** The dashboard's batch page: redrawn every 2 s while a run is live, every 15 s otherwise. */
+  async function watchBatch(root, batchId) {
+    let parts = null;
+    for (;;) {
+      let delay = 15000;
+      try {
+        const v = await getJSON(`/api/batches/${encodeURIComponent(batchId)}`);
+        if (!parts) parts = skeleton(root);
+        draw(parts, v);
+        document.title = `ecod-jobs: batch ${v.batch.id} ${v.batch.name}`;
+        delay = v.active ? 2000 : 15000;
+        setStatus(`updated ${new Date().toLocaleTimeString()}; ` +
+          (v.active ? "a run is live: refreshing every 2 s" : "no live run: refreshing every 15 s"));
+      } catch (err) {
+        setStatus(`could not refresh: ${err.message}`, true);
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+
+  /** The dashboard's front page: every batch with its progress. */
+  async function watchBatches(root) {
+    for (;;) {
+      let delay = 10000;
+      try {
+        const { batches } = await getJSON("/api/batches");
+        root.replaceChildren(
+          el("h1", {}, "Batches"),
+          table("batches", [
+            ["id", (b) => el("a", { href: `/batches/${b.id}` }, b.id)],
+            ["name", (b) => el("a", { href: `/batches/${b.id}` }, b.name)],
+            ["type", (b) => b.type], ["status", (b) => (b.active ? "running" : b.status)],
+            ["progress", (b) => progressBar(`progress-${b.id}`, b.progress, progressLabel(b))],
+          ], batches, "No batches yet: ecod-jobs batch create registers one.")
+        );
+        if (batches.some((b) => b.active)) delay = 2000;
+        setStatus(`updated ${new Date().toLocaleTimeString()}`);
+      } catch (err) {
+        setStatus(`could not refresh: ${err.message}`, true);
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+
+  return { renderReport, watchBatch, watchBatches };
+})();
