@@ -36,7 +36,7 @@ slurm-down:
 # SLURM tests need root to start the single-node cluster; as another user they
 # skip (or fail under CI=true) unless a cluster is already up.
 test: $(STAMP) lint
-	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up; \
+	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up && scripts/browser-deps; \
 	else echo "not root: not starting SLURM (scripts/slurm-cluster up needs root)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -51,4 +51,4 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo
 
 clean:
-	rm -rf $(VENV) .ecod_jobs .snakemake results .pytest_cache .ruff_cache
+	rm -rf $(VENV) .ecod_jobs .snakemake results .pytest_cache .ruff_cache test-artifacts

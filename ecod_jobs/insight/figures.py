@@ -95,7 +95,7 @@ def timeline(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> 
         "layout": {
             **_LAYOUT,
             "height": max(260, min(1200, 120 + 18 * lanes)),
-            "title": {"text": "Chunks over time, per node"},
+            "title": {"text": "Chunks over time, per node", "x": 0.01},
             "barmode": "overlay",
             "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
             "yaxis": {"categoryorder": "category descending", "automargin": True},
@@ -146,7 +146,7 @@ def _distribution(
         ],
         "layout": {
             **_LAYOUT,
-            "title": {"text": title},
+            "title": {"text": title, "x": 0.01},
             "xaxis": {"title": {"text": unit}, "rangemode": "tozero"},
             "yaxis": {"title": {"text": "chunks"}},
             "shapes": shapes,

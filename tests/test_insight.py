@@ -1,0 +1,323 @@
+"""The HTML report and the dashboard: real local runs, a real server, headless Chromium.
+
+The report's numbers are read back from the data block it embeds and from the
+page Chromium draws, and compared with the database. Batch names and error
+messages carry ``<script>`` and an ``onerror`` image: they must show as text and
+never run (``window.__pwned`` stays undefined).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import REPO, connect_scratch, create_batch, q, run_cli, write_config
+
+from ecod_jobs.runs import run_batch
+
+HOSTILE_NAME = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+HOSTILE_ERROR = "<script>window.__pwned=3</script> bad chain"
+# Items whose id ends in 3 fail with a hostile message on stderr.
+COMMAND = f"case {{item_id}} in *3) echo '{HOSTILE_ERROR}' >&2; exit 3;; esac; {{sleep}} echo ok"
+
+
+def setup(
+    tmp_path: Path, scratch_db: dict[str, Any], n: int, batch_size: int, sleep: str = ""
+) -> tuple[Path, int]:
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = ["path\tprotein_id"]
+    for i in range(1, n + 1):
+        (data / f"chain{i}.fa").write_text(f">p{i}\nMKV\n")
+        lines.append(f"data/chain{i}.fa\t{i}")
+    (tmp_path / "items.tsv").write_text("\n".join(lines) + "\n")
+    cfg = write_config(
+        tmp_path / "config.yml",
+        {
+            "database": scratch_db,
+            "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
+            "job_types": {
+                "scan": {
+                    "command": COMMAND.replace("{sleep}", sleep),
+                    "batch_size": batch_size,
+                    "memory": "1G",
+                    "time": "00:05:00",
+                }
+            },
+        },
+    )
+    return cfg, create_batch(cfg, tmp_path / "items.tsv", HOSTILE_NAME, tmp_path)
+
+
+def db_counts(conn: Any, batch_id: int) -> dict[str, int]:
+    rows = q(
+        conn,
+        "SELECT status, count(*) FROM ecod_schema.process_status WHERE batch_id = %s GROUP BY 1",
+        batch_id,
+    )
+    return {s: int(n) for s, n in rows}
+
+
+def embedded_data(html: str) -> dict[str, Any]:
+    match = re.search(r'<script type="application/json" id="ecod-report-data">(.*?)</script>', html, re.S)
+    assert match, "the report embeds its data"
+    return dict(json.loads(match.group(1)))
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def page_state(browser: Any) -> dict[str, Any]:
+    return dict(
+        browser.execute_script(
+            "const p = document.getElementById('progress');"
+            "return {pwned: window.__pwned === undefined ? null : window.__pwned,"
+            " progress: p ? Number(p.value) : null,"
+            " name: (document.getElementById('batch-name') || {}).textContent || null,"
+            " live: !!document.getElementById('live'),"
+            " plots: document.querySelectorAll('.figure .main-svg').length,"
+            " text: document.body.innerText}"
+        )
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_of_a_finished_run(
+    tmp_path: Path, scratch_db: dict[str, Any], browser: Any, artifacts: Path
+) -> None:
+    cfg, batch_id = setup(tmp_path, scratch_db, n=14, batch_size=4)
+    result = run_batch(batch_id, profile="local", config_path=cfg)
+    assert result.returncode == 0
+    out = tmp_path / "report.html"
+    done = run_cli("--config", str(cfg), "report", "--batch", str(batch_id), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    html = out.read_text()
+    conn = connect_scratch(scratch_db)
+
+    # the numbers, from the data the page draws
+    view = embedded_data(html)
+    counts = db_counts(conn, batch_id)
+    assert counts == {"success": 12, "error": 2}  # items 3 and 13
+    assert {k: v for k, v in view["by_status"].items() if v} == counts
+    assert view["total"] == 14 and view["finished"] == 14 and view["progress"] == 1.0
+    assert view["batch"]["name"] == HOSTILE_NAME
+    [group] = view["failures"]["groups"]
+    assert group["count"] == 2 and group["error"] == f"exit code 3: {HOSTILE_ERROR}"
+    failed = q(
+        conn, "SELECT id, relative_path FROM ecod_schema.process_status WHERE status = 'error' ORDER BY id"
+    )
+    assert [(i["process_id"], i["path"]) for i in group["items"]] == [
+        (i, str(tmp_path / p)) for i, p in failed
+    ]
+    assert [p for _, p in failed] == ["data/chain3.fa", "data/chain13.fa"]
+    jobs = q(conn, "SELECT chunk_id, status, elapsed_seconds FROM ecod_schema.job ORDER BY id")
+    assert [(j["chunk_id"], j["status"]) for j in view["jobs"]] == [(c, s) for c, s, _ in jobs]
+    longest = max(e for _, _, e in jobs)
+    assert view["resources"]["runtime"]["max"] == pytest.approx(longest)
+    assert view["resources"]["runtime"]["requested"] == 300
+    assert view["resources"]["runtime"]["suggested"] == max(60, -(-longest * 1.5 // 60) * 60)
+    assert view["resources"]["memory"]["requested"] == 1024
+    slowest = q(
+        conn,
+        "SELECT process_id, elapsed_seconds FROM ecod_schema.job_item"
+        " ORDER BY elapsed_seconds DESC, process_id LIMIT 10",
+    )
+    assert [(i["process_id"], i["seconds"]) for i in view["slowest_items"]] == slowest
+    [run] = view["runs"]
+    [recorded] = q(conn, "SELECT run_id::text, config_hash, status FROM ecod_schema.ecod_jobs_run")
+    assert (run["run_id"], run["config_hash"], run["status"]) == recorded
+    assert run["config_hash"] and not run["live"]
+    assert run["username"] == getpass.getuser() and run["host"] == socket.gethostname()
+    assert run["profile"] and run["snakemake_version"] and run["ecod_jobs_version"]
+    # escaped where the template writes text; no raw markup from the database anywhere
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    assert "<script>window.__pwned" not in html and "<img src=x" not in html
+
+    # drawn offline by Chromium: nothing fetched, hostile text shown as text
+    browser.get(out.as_uri())
+    state = wait_for(lambda: (s := page_state(browser))["plots"] >= 3 and s, 30, "the report's plots")
+    assert state["pwned"] is None
+    assert state["name"] == HOSTILE_NAME
+    assert state["progress"] == view["progress"]
+    assert f"exit code 3: {HOSTILE_ERROR}" in state["text"]
+    assert "14 of 14 items finished (100%), 2 failed" in state["text"]
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert [u for u in fetched if not u.startswith(("file:", "data:"))] == []
+    browser.save_screenshot(str(artifacts / "report.png"))
+
+
+def test_report_usage_errors(tmp_path: Path, scratch_db: dict[str, Any]) -> None:
+    cfg, batch_id = setup(tmp_path, scratch_db, n=2, batch_size=2)
+    missing = run_cli("--config", str(cfg), "report", "--batch", "999", "-o", str(tmp_path / "r.html"))
+    assert missing.returncode == 2 and "batch 999 does not exist" in missing.stderr
+    no_dir = run_cli(
+        "--config", str(cfg), "report", "--batch", str(batch_id), "-o", str(tmp_path / "no/r.html")
+    )
+    assert no_dir.returncode == 2 and "does not exist" in no_dir.stderr
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "no").exists()
+    # a batch that never ran still has a report: counts, no plots data, no runs
+    fresh = run_cli("--config", str(cfg), "report", "--batch", str(batch_id), "-o", str(tmp_path / "r.html"))
+    assert fresh.returncode == 0, fresh.stderr
+    view = embedded_data((tmp_path / "r.html").read_text())
+    assert view["by_status"]["pending"] == 2 and view["progress"] == 0 and view["runs"] == []
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        body, status = err.read(), err.code
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode()
+
+
+@contextlib.contextmanager
+def dashboard(cfg: Path, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ecod_jobs.cli", "--config", str(cfg), "dashboard", "--port", str(port)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
+            try:
+                return get(f"{url}/api/batches")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, 60, "the dashboard to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_dashboard_api_and_page(
+    tmp_path: Path, scratch_db: dict[str, Any], browser: Any, artifacts: Path
+) -> None:
+    cfg, batch_id = setup(tmp_path, scratch_db, n=12, batch_size=4)
+    assert run_batch(batch_id, profile="local", config_path=cfg).returncode == 0
+    conn = connect_scratch(scratch_db)
+    # three items back to pending (as a curator resetting them would): progress 9/12
+    q(
+        conn,
+        "UPDATE ecod_schema.process_status SET status = 'pending'"
+        " WHERE id IN (SELECT id FROM ecod_schema.process_status WHERE status = 'success'"
+        " ORDER BY id LIMIT 3)"
+        " RETURNING id",
+    )
+    counts = db_counts(conn, batch_id)
+    assert counts == {"success": 8, "error": 1, "pending": 3}
+    with dashboard(cfg, tmp_path) as url:
+        status, listing = get(f"{url}/api/batches")
+        assert status == 200
+        [entry] = [b for b in listing["batches"] if b["id"] == batch_id]
+        assert entry["name"] == HOSTILE_NAME and entry["progress"] == 9 / 12 and not entry["active"]
+        status, view = get(f"{url}/api/batches/{batch_id}")
+        assert status == 200
+        assert {k: v for k, v in view["by_status"].items() if v} == counts
+        assert set(view["figures"]) == {"timeline", "runtime", "memory"}
+        assert view["failures"]["groups"][0]["error"] == f"exit code 3: {HOSTILE_ERROR}"
+        status, failed = get(f"{url}/api/batches/{batch_id}/failed?limit=5")
+        assert status == 200 and [i["error"] for i in failed["items"]] == [f"exit code 3: {HOSTILE_ERROR}"]
+        # errors are JSON with a status that says what is wrong; nothing but GET exists
+        assert get(f"{url}/api/batches/999") == (404, {"error": "batch 999 does not exist"})
+        status, err = get(f"{url}/api/batches/{batch_id}/failed?limit=abc")
+        assert status == 400 and "limit" in err["error"]
+        assert get(f"{url}/api/batches", method="POST")[0] == 405
+        assert get(f"{url}/api/batches/{batch_id}", method="DELETE")[0] == 405
+
+        browser.get(f"{url}/batches/{batch_id}")
+        state = wait_for(lambda: (s := page_state(browser))["plots"] >= 3 and s, 30, "the batch page")
+        assert state["progress"] == pytest.approx(9 / 12)
+        assert state["pwned"] is None and state["name"] == HOSTILE_NAME
+        assert f"exit code 3: {HOSTILE_ERROR}" in state["text"]
+        assert "9 of 12 items finished (75%), 1 failed" in state["text"]
+        browser.save_screenshot(str(artifacts / "dashboard-batch.png"))
+
+        browser.get(url)
+        wait_for(
+            lambda: browser.execute_script("return !!document.getElementById('batches')"), 30, "the list"
+        )
+        listed = page_state(browser)
+        assert listed["pwned"] is None and HOSTILE_NAME in listed["text"]
+        value = browser.execute_script(f"return Number(document.getElementById('progress-{batch_id}').value)")
+        assert value == pytest.approx(9 / 12)
+        browser.save_screenshot(str(artifacts / "dashboard-list.png"))
+
+
+def test_dashboard_follows_a_live_run(
+    tmp_path: Path, scratch_db: dict[str, Any], browser: Any, artifacts: Path
+) -> None:
+    cfg, batch_id = setup(tmp_path, scratch_db, n=10, batch_size=1, sleep="sleep 2;")
+    with dashboard(cfg, tmp_path) as url:
+        browser.get(f"{url}/batches/{batch_id}")
+        wait_for(lambda: page_state(browser)["progress"] == 0, 30, "the page before the run")
+        outcome: dict[str, Any] = {}
+        runner = threading.Thread(
+            target=lambda: outcome.update(result=run_batch(batch_id, profile="local", config_path=cfg))
+        )
+        runner.start()
+        seen: list[float] = []
+        live_seen = False
+        while runner.is_alive():
+            state = page_state(browser)
+            live_seen = live_seen or state["live"]
+            if state["progress"] is not None and (not seen or state["progress"] != seen[-1]):
+                seen.append(state["progress"])
+                if 0 < state["progress"] < 1 and not (artifacts / "dashboard-live.png").exists():
+                    browser.save_screenshot(str(artifacts / "dashboard-live.png"))
+            time.sleep(0.2)
+        runner.join()
+        assert outcome["result"].returncode == 0
+        # the page catches the end by itself, and then agrees with the database
+        wait_for(lambda: page_state(browser)["progress"] == 1, 30, "the page to show the finished run")
+        counts = db_counts(connect_scratch(scratch_db), batch_id)
+        assert counts == {"success": 9, "error": 1}
+    assert live_seen, "the page showed the run as live"
+    assert seen == sorted(seen), f"progress only grows: {seen}"
+    assert [p for p in seen if 0 < p < 1], f"the page showed progress while the run went on: {seen}"
