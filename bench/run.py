@@ -23,11 +23,11 @@ from typing import Any
 
 from .common import REPO, Measurement, log, scratch_database
 
-MEASUREMENTS = ("registration", "sync", "status", "local", "planning", "slurm")
+MEASUREMENTS = ("registration", "sync", "status", "dashboard", "local", "planning", "slurm")
 
 
 def database_measurements(items: int, batch_size: int, only: set[str], work: Path) -> list[Measurement]:
-    from . import registration, status_query, sync_results
+    from . import dashboard, registration, status_query, sync_results
 
     results: list[Measurement] = []
     with scratch_database() as section:
@@ -37,6 +37,8 @@ def database_measurements(items: int, batch_size: int, only: set[str], work: Pat
             results += sync_results.measure(section, registered)
         if "status" in only:
             results += status_query.measure(section, registered)
+        if "dashboard" in only:
+            results += dashboard.measure(registered, work)
     return results
 
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: list[Measurement] = []
     steps: list[tuple[str, Callable[[Path], list[Measurement]]]] = []
-    if only & {"registration", "sync", "status"}:
+    if only & {"registration", "sync", "status", "dashboard"}:
         steps.append(("database", lambda w: database_measurements(args.items, args.batch_size, only, w)))
     if "local" in only:
         steps.append(("local", local_overhead.measure))
