@@ -269,13 +269,16 @@ def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    import socket
+
     from .insight.dashboard import serve
 
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
     print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
     if args.host in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"  from your laptop: ssh -N -L {args.port}:localhost:{args.port} THIS_HOST, then open {url}",
+            f"  from your laptop: ssh -N -L {args.port}:localhost:{args.port} {socket.gethostname()},"
+            f" then open {url}",
             flush=True,
         )
     serve(Database(config), args.host, args.port)
