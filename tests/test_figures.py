@@ -47,6 +47,15 @@ def test_chunks_take_the_first_free_lane_of_their_node() -> None:
     assert running["x"] == [600_000.0]  # 10 minutes, in milliseconds
 
 
+def test_outside_text_reaches_plotly_escaped() -> None:
+    """plotly.js turns <a href> in text into a link: node names and states go in escaped."""
+    hostile = '<a href="https://evil.example">n1</a>'
+    jobs = [job(1, hostile, "2026-11-24T10:00:00", "2026-11-24T10:01:00", scheduler_state="<b>X</b>")]
+    [trace] = figures.timeline(jobs, datetime(2026, 11, 24, 11))["data"]
+    assert trace["y"] == ['&lt;a href="https://evil.example"&gt;n1&lt;/a&gt; #1']
+    assert trace["customdata"][0][4] == "&lt;b&gt;X&lt;/b&gt;"
+
+
 def test_figures_are_valid_plotly() -> None:
     """The dicts must pass plotly's own validation (which the hot path skips)."""
     jobs = [job(i, "n1", f"2026-11-24T10:0{i}:00", f"2026-11-24T10:0{i}:30") for i in range(1, 5)]

@@ -194,8 +194,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(url: str, method: str = "GET") -> tuple[int, Any]:
-    request = urllib.request.Request(url, method=method)
+def get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
@@ -270,6 +270,8 @@ def test_dashboard_api_and_page(
         assert status == 400 and "limit" in err["error"]
         assert get(f"{url}/api/batches", method="POST")[0] == 405
         assert get(f"{url}/api/batches/{batch_id}", method="DELETE")[0] == 405
+        # a page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) gets nothing
+        assert get(f"{url}/api/batches", headers={"Host": "evil.example"})[0] == 400
 
         browser.get(f"{url}/batches/{batch_id}")
         state = wait_for(lambda: (s := page_state(browser))["plots"] >= 3 and s, 30, "the batch page")
@@ -299,7 +301,10 @@ def test_dashboard_follows_a_live_run(
         wait_for(lambda: page_state(browser)["progress"] == 0, 30, "the page before the run")
         outcome: dict[str, Any] = {}
         runner = threading.Thread(
-            target=lambda: outcome.update(result=run_batch(batch_id, profile="local", config_path=cfg))
+            # two cores whatever the machine: the run lasts long enough (5 waves of 2 s) to watch
+            target=lambda: outcome.update(
+                result=run_batch(batch_id, profile="local", config_path=cfg, cores=2)
+            )
         )
         runner.start()
         seen: list[float] = []

@@ -237,6 +237,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE batch_id IS NOT NULL GROUP BY 1, 2",
         ),
     ),
+    Migration(
+        6,
+        "chunk jobs of a batch, newest first, by index (the dashboard's jobs and plots)",
+        (
+            # The latest N jobs of one batch read N index entries; without it the server
+            # walks the whole job table backwards by id, past every other batch's jobs.
+            "CREATE INDEX IF NOT EXISTS job_batch_id_idx ON {s}.job (batch_id, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

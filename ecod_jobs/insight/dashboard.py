@@ -19,6 +19,8 @@ import os
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -31,13 +33,19 @@ from .report import environment, plotly_js, static_text
 
 DASHBOARD_JOB_LIMIT = 2000  # chunk jobs in the plots: the latest
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline';"
+    "Content-Security-Policy": "default-src 'self'; script-src 'self';"
     " style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-STATIC = {"view.js": "text/javascript", "style.css": "text/css", "plotly.min.js": "text/javascript"}
+STATIC = {
+    "view.js": "text/javascript",
+    "dashboard.js": "text/javascript",
+    "style.css": "text/css",
+    "plotly.min.js": "text/javascript",
+}
+LOCAL_NAMES = ["localhost", "127.0.0.1", "::1", "[::1]"]
 
 
 def _json(payload: Any, status: int = 200) -> JSONResponse:
@@ -50,7 +58,15 @@ def _static(name: str) -> bytes:
     return text.encode("utf-8")
 
 
-def create_app(db: Database) -> Starlette:
+def allowed_hosts(bind: str) -> list[str]:
+    """Host headers to answer. Bound to loopback, only local names: a web page elsewhere
+    cannot point its own host name at 127.0.0.1 (DNS rebinding) and read the API."""
+    if bind in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return sorted({*LOCAL_NAMES, bind})
+
+
+def create_app(db: Database, hosts: list[str] | None = None) -> Starlette:
     """The dashboard over ``db`` (whose connections should be read-only: see ``serve``)."""
 
     def page(request: Request) -> HTMLResponse:
@@ -104,6 +120,7 @@ def create_app(db: Database) -> Starlette:
             Route("/api/batches/{batch_id:int}/failed", api_failed),
             Route("/static/{name}", static),
         ],
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_NAMES)],
         exception_handlers={
             ValidationError: bad_request,
             DatabaseUnavailableError: unavailable,
@@ -137,4 +154,5 @@ def serve(db: Database, host: str = "127.0.0.1", port: int = 8050) -> None:
     """Serve the dashboard until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(read_only(db)), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(read_only(db), allowed_hosts(host))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

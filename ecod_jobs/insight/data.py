@@ -344,7 +344,10 @@ def batch_view(db: Database, batch_id: int, *, jobs_limit: int = JOB_LIMIT) -> d
     progress = _progress(status_counts(db, batch_id))
     jobs = chunk_jobs(db, batch_id, jobs_limit)
     run_list = runs(db, batch_id)
+    # The server's clock, in the time zone its TIMESTAMP columns hold: running chunks end "now".
+    (now,) = db.query("SELECT LOCALTIMESTAMP")[0]
     return {
+        "now": _iso(now),
         "batch": {
             "id": batch.id,
             "name": batch.batch_name,

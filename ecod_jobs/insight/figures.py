@@ -3,8 +3,9 @@
 Plotly, because one figure description serves both views: the report inlines
 plotly.js and the figures into one offline HTML file, and the dashboard serves
 the same plotly.js from the installed package and draws the same figures from
-its JSON API. Text that comes from outside (node names) is passed as data, which
-plotly.js renders as SVG text, never as markup that runs.
+its JSON API. plotly.js reads a little HTML in text (links, bold), so text that
+comes from outside (node names, chunk ids, scheduler states) is HTML-escaped
+first and shows as written.
 
 The figures are written as plain dicts in plotly's figure schema: building them
 with ``plotly.graph_objects`` validated every value and took 50 ms per request;
@@ -14,6 +15,7 @@ the tests check the dicts against that validation instead.
 from __future__ import annotations
 
 import heapq
+import html
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +23,11 @@ from typing import Any
 OUTCOME_COLOURS = {"completed": "#2e8b57", "failed": "#c0392b", "submitted": "#3b7dd8"}
 OUTCOME_NAMES = {"completed": "completed", "failed": "failed", "submitted": "running or queued"}
 _LAYOUT = {"margin": {"l": 70, "r": 20, "t": 50, "b": 50}, "height": 360}
+
+
+def _text(value: str | None) -> str:
+    """Text for plotly.js, which would read ``<a href>`` and friends as markup."""
+    return html.escape(value or "", quote=False)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -39,7 +46,7 @@ def timeline_lanes(jobs: Sequence[Mapping[str, Any]], now: datetime) -> list[tup
         if start is None:
             continue
         end = _when(job["end"]) or now
-        by_node.setdefault(job["node"] or "unknown node", []).append((start, max(end, start), job))
+        by_node.setdefault(_text(job["node"] or "unknown node"), []).append((start, max(end, start), job))
     placed = []
     for node in sorted(by_node):
         free: list[tuple[datetime, int]] = []  # (free from, lane) for lanes in use
@@ -77,11 +84,11 @@ def timeline(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> 
                 "marker": {"color": colour},
                 "customdata": [
                     [
-                        j["chunk_id"],
+                        _text(j["chunk_id"]),
                         j["attempt"],
                         j["items"],
                         j["elapsed_seconds"],
-                        j["scheduler_state"] or "",
+                        _text(j["scheduler_state"]),
                     ]
                     for j, _ in rows
                 ],
@@ -97,7 +104,7 @@ def timeline(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> 
             "height": max(260, min(1200, 120 + 18 * lanes)),
             "title": {"text": "Chunks over time, per node", "x": 0.01},
             "barmode": "overlay",
-            "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
+            "xaxis": {"type": "date", "title": {"text": "time (database server's clock)"}},
             "yaxis": {"categoryorder": "category descending", "automargin": True},
             "legend": {"orientation": "h", "y": 1.12},
         },
@@ -174,7 +181,7 @@ def figures(view: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """All plots of a batch view, by name."""
     jobs, fit = view["jobs"], view["resources"]
     return {
-        "timeline": timeline(jobs),
+        "timeline": timeline(jobs, _when(view.get("now"))),
         "runtime": runtime(jobs, fit["runtime"]),
         "memory": memory(jobs, fit["memory"]),
     }
