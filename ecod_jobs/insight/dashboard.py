@@ -143,11 +143,14 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 def read_only(db: Database) -> Database:
-    """Make every connection of this process read-only (libpq reads PGOPTIONS at connect)."""
+    """Make every later connection of this process read-only (libpq reads PGOPTIONS at
+    connect). The schema check comes first: it may start the embedded server and
+    create its database, which a read-only session could not."""
+    require_schema(db)
     options = os.environ.get("PGOPTIONS", "")
     if "default_transaction_read_only" not in options:
         os.environ["PGOPTIONS"] = f"{options} -c default_transaction_read_only=on".strip()
-    return require_schema(db)
+    return db
 
 
 def serve(db: Database, host: str = "127.0.0.1", port: int = 8050) -> None:
