@@ -156,7 +156,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
 def write_unsynced(path: Path, text: str, mode: int = 0o640) -> None:
     """Write a file in place with no fsync: for a batch of files that ``sync_filesystem``
     makes durable at once, before a commit-point file (written with ``write_atomic``)
-    makes them visible. 10x faster than ``write_atomic`` for 10,000 small files."""
+    makes them visible. About 8x faster than ``write_atomic`` for 10,000 small files."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -112,10 +112,10 @@ def plan_run(
     statuses = statuses_needing_work(retry_failed)
     ps = db.table("process_status")
     with db.transaction() as cur:
-        # Selecting and moving the items to 'processing' in one statement writes each
-        # row once (SELECT ... FOR UPDATE then UPDATE wrote every row twice). A
-        # concurrent planner of the same batch waits on the row locks, then sees
-        # 'processing' and skips the items.
+        # Select, lock and move the items to 'processing' in one statement (it was
+        # SELECT ... FOR UPDATE, then UPDATE: the same time, measured). A concurrent
+        # planner of the same batch waits on the row locks, then sees 'processing'
+        # and skips the items.
         cur.execute(
             sql.SQL(
                 "UPDATE {} SET status = 'processing', error_message = NULL, updated_at = now()"
