@@ -38,7 +38,10 @@ def slurm_name_prefix(run_id: str) -> str:
     return "ecod" + run_id.replace("-", "")[:24]
 
 
-def _live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
+def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
+    """SLURM ids of a run's jobs that may still be queued or running: unfinished job rows,
+    attempt files of unfinished chunks, and squeue entries with the run's name prefix
+    (tasks still queued have written nothing anywhere yet)."""
     ids = {
         str(r[0])
         for r in db.query(
@@ -184,7 +187,7 @@ def recover_dead_runs(
             finish_run(db, run, batch_id, bool(ended.get("success")))
             recovered.append(run_id)
             continue
-        stray = _live_slurm_jobs(db, run)
+        stray = live_slurm_jobs(db, run)
         if stray and slurm_cli.available("scancel"):
             log.warning("cancelling %d SLURM jobs left by dead run %s", len(stray), run_id)
             slurm_cli.scancel(stray)

@@ -316,17 +316,18 @@ def cancel_batch(
 ) -> dict[str, Any]:
     """Stop the batch's live runs (SIGINT: Snakemake scancels its jobs), cancel stray jobs, record it."""
     from . import slurm_cli
+    from .recovery import live_slurm_jobs
 
     require_batch(db, batch_id)
     runs = db.query(
-        sql.SQL("SELECT run_id, host, pid FROM {} WHERE batch_id = %s AND status = 'running'").format(
-            db.table("ecod_jobs_run")
-        ),
+        sql.SQL(
+            "SELECT run_id, host, pid, job_type FROM {} WHERE batch_id = %s AND status = 'running'"
+        ).format(db.table("ecod_jobs_run")),
         (batch_id,),
     )
     here = socket.gethostname()
     signalled = []
-    for run_id, host, pid in runs:
+    for run_id, host, pid, _job_type in runs:
         if host == here and pid and interrupt(int(pid)):
             signalled.append((str(run_id), int(pid)))
     deadline = time.monotonic() + wait_seconds
@@ -337,9 +338,11 @@ def cancel_batch(
             except ProcessLookupError:
                 break
             time.sleep(0.5)
-    # Jobs still queued or running (e.g. from a run whose head node died).
-    live = [
-        r[0]
+    # Jobs still queued or running: a run whose head node died cancelled nothing, and
+    # Snakemake's Ctrl-C can miss array tasks it was still submitting. Found by job
+    # row, attempt file and, for tasks that have not started, the run's job names.
+    found = {
+        str(r[0])
         for r in db.query(
             sql.SQL(
                 "SELECT DISTINCT slurm_job_id FROM {} WHERE batch_id = %s AND status = 'submitted'"
@@ -347,7 +350,11 @@ def cancel_batch(
             ).format(db.table("job")),
             (batch_id,),
         )
-    ]
+    }
+    work_root = config["pipeline"]["work_root"]
+    for run_id, _host, _pid, job_type in runs:
+        found.update(live_slurm_jobs(db, BatchLayout.create(work_root, batch_id, job_type).run(str(run_id))))
+    live = sorted(found)
     scancelled = []
     if live and slurm_cli.available("scancel"):
         slurm_cli.scancel(live)

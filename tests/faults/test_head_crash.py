@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, start_cli, write_config
+from helpers import create_batch, q, run_cli, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +111,45 @@ def test_slurm_head_crash_cancels_stray_jobs_then_rerun_finishes(
 
     queue = subprocess.run(["squeue", "--me", "-h", "-o", "%j"], capture_output=True, text=True).stdout
     assert slurm_name_prefix(str(dead_run)) not in queue, "the dead run's jobs were cancelled"
+
+
+@pytest.mark.slurm
+def test_cancel_after_a_slurm_head_crash_cancels_every_queued_and_running_task(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, slurm_cluster: None
+) -> None:
+    """With the head killed, nobody scancels the run's array; `ecod-jobs cancel` must find
+    every task, including those still queued that have written nothing yet."""
+    from ecod_jobs.recovery import slurm_name_prefix
+
+    # 2 items per chunk, 10 chunks: the one-node cluster runs 2 at a time, the rest queue
+    cfg = make_batch(tmp_path, scratch_db, 20, {"command": "sleep 300"})
+    first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
+
+    def run_tasks() -> list[str]:
+        rows = q(pg_conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")
+        if not rows:
+            return []
+        prefix = slurm_name_prefix(rows[0][0]) + "_"
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T"], capture_output=True, text=True)
+        return [
+            line
+            for line in out.stdout.splitlines()
+            if line.split("|")[1].startswith(prefix) and line.split("|")[2] != "COMPLETING"
+        ]
+
+    try:
+        wait_for(lambda: len(run_tasks()) == 10 and any("|RUNNING" in t for t in run_tasks()), timeout=180)
+        snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
+        os.kill(first.pid, signal.SIGKILL)
+        os.kill(snakemake_pid, signal.SIGKILL)
+        first.wait()
+        assert len(run_tasks()) == 10, "the killed head cancelled nothing"
+
+        cancelled = run_cli("--config", str(cfg), "cancel", "--batch", "1", cwd=tmp_path)
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_for(lambda: run_tasks() == [], timeout=60)
+        assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.process_status") == [("error",)]
+    finally:
+        left = [t.split("|")[0] for t in run_tasks()]
+        if left:  # never leave the one node busy for later tests
+            subprocess.run(["scancel", *left], check=False)
