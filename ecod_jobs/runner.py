@@ -93,6 +93,11 @@ def _die_with_runner() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The runner may have died between the fork and the prctl (a scancel at the very
+    # start of a chunk): then no death signal will ever come, and the item would run on
+    # as an orphan that SLURM's linuxproc tracking has lost. Die now instead.
+    if _runner_pid and os.getppid() != _runner_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ecod_jobs.layout import RunLayout, read_jsonl
 
 
@@ -92,3 +94,18 @@ def test_a_stop_before_the_item_execs_kills_the_item_not_the_runner() -> None:
     code = "import ecod_jobs.runner as r; r._runner_pid = -1; r._on_term(15, None); print('survived')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGTERM and "survived" not in proc.stdout
+
+
+def test_an_item_whose_runner_died_before_its_death_signal_was_set_dies_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scancel at the very start of a chunk can kill the runner between the item's fork
+    and its prctl(PDEATHSIG): no death signal ever comes then, so the item must notice
+    that its parent is no longer the runner and die before it runs anything."""
+    from ecod_jobs import runner
+
+    monkeypatch.setattr(runner, "_runner_pid", os.getpid())
+    assert subprocess.Popen(["true"], preexec_fn=runner._die_with_runner).wait() == 0
+    # the same fork, but its parent is no longer the runner: killed before exec
+    monkeypatch.setattr(runner, "_runner_pid", 2**22 + 1)
+    assert subprocess.Popen(["true"], preexec_fn=runner._die_with_runner).wait() == -signal.SIGKILL
