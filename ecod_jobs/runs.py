@@ -23,7 +23,16 @@ from typing import Any
 from psycopg2 import sql
 
 from .config import job_type_spec, load_config, resolve_config_path
-from .db import Database, failed_items, init_schema, is_transient, require_batch, status_counts
+from .db import (
+    Database,
+    failed_items,
+    init_schema,
+    is_transient,
+    job_counts,
+    ordered_counts,
+    require_batch,
+    status_counts,
+)
 from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
 from .layout import BatchLayout
 from .plan import count_needing_work
@@ -270,17 +279,8 @@ def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[s
     """The ``ecod-jobs status`` report (also its ``--json``)."""
     batch = require_batch(db, batch_id)
     counts = status_counts(db, batch_id)
-    by_status = {s: counts.get(s, 0) for s in ("pending", "processing", "success", "error", "skipped")}
-    by_status.update({k: v for k, v in counts.items() if k not in by_status})
-    jobs = {
-        str(k): int(v)
-        for k, v in db.query(
-            sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
-                db.table("job")
-            ),
-            (batch_id,),
-        )
-    }
+    by_status = ordered_counts(counts)
+    jobs = job_counts(db, batch_id)
     runs = db.query(
         sql.SQL(
             "SELECT run_id, job_type, status, host, started_at, ended_at, message FROM {}"

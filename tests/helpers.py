@@ -39,6 +39,19 @@ def start_cli(*args: str, cwd: Path, preexec_fn: Any = None) -> subprocess.Popen
     )
 
 
+def wait_for(condition: Any, timeout: float = 90, what: str = "the condition") -> Any:
+    """Poll ``condition`` until it returns something true (returned), or fail after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (yet)."""
     import socket

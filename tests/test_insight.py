@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, connect_scratch, create_batch, q, run_cli, write_config
+from helpers import REPO, connect_scratch, create_batch, free_port, q, run_cli, wait_for, write_config
 
 from ecod_jobs.runs import run_batch
 
@@ -75,16 +75,6 @@ def embedded_data(html: str) -> dict[str, Any]:
     match = re.search(r'<script type="application/json" id="ecod-report-data">(.*?)</script>', html, re.S)
     assert match, "the report embeds its data"
     return dict(json.loads(match.group(1)))
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def page_state(browser: Any) -> dict[str, Any]:
@@ -186,12 +176,6 @@ def test_report_usage_errors(tmp_path: Path, scratch_db: dict[str, Any]) -> None
 
 
 # --------------------------------------------------------------------------- dashboard
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Any]:

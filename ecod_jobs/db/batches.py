@@ -12,6 +12,7 @@ from psycopg2 import sql
 
 from ..exceptions import ValidationError
 from ..items import ItemRow
+from ..states import JOB_STATUSES, PROCESS_STATUSES
 from .bulk import copy_rows
 from .connection import Database
 
@@ -145,6 +146,26 @@ def status_counts(db: Database, batch_id: int, run_id: str | None = None) -> dic
         ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
         params = (run_id,)
     return {str(status): int(n) for status, n in db.query(query, params)}
+
+
+def ordered_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Item counts with every ECOD status in its usual order (zero where none), then any other."""
+    ordered = {s: int(counts.get(s, 0)) for s in PROCESS_STATUSES}
+    ordered.update({k: int(v) for k, v in counts.items() if k not in ordered})
+    return ordered
+
+
+def job_counts(db: Database, batch_id: int) -> dict[str, int]:
+    """The batch's ``job`` rows by status: submitted, completed, failed (zero where none)."""
+    rows = db.query(
+        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
+            db.table("job")
+        ),
+        (batch_id,),
+    )
+    counts = {s: 0 for s in JOB_STATUSES}
+    counts.update({str(s): int(n) for s, n in rows})
+    return counts
 
 
 def failed_items(

@@ -15,11 +15,10 @@ from typing import Any
 from psycopg2 import sql
 
 from ..config import seconds_to_time
-from ..db import Database, current_version, require_batch, status_counts
+from ..db import Database, current_version, job_counts, ordered_counts, require_batch, status_counts
 from ..exceptions import ConfigurationError
 from ..lease import LEASE_SECONDS
 from ..plan import resolve_item_path
-from ..states import PROCESS_STATUSES
 
 MIN_SCHEMA = 5  # ecod_jobs_status_count
 JOB_LIMIT = 5000  # the latest chunk jobs shown in plots and tables
@@ -51,8 +50,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def _progress(counts: Mapping[str, int]) -> dict[str, Any]:
     """Items finished (success, error or skipped) of all; the bar and the figures."""
-    by_status = {s: int(counts.get(s, 0)) for s in PROCESS_STATUSES}
-    by_status.update({k: int(v) for k, v in counts.items() if k not in by_status})
+    by_status = ordered_counts(dict(counts))
     total = sum(by_status.values())
     finished = by_status["success"] + by_status["error"] + by_status["skipped"]
     return {
@@ -179,18 +177,6 @@ def chunk_jobs(db: Database, batch_id: int, limit: int = JOB_LIMIT) -> list[dict
             }
         )
     return jobs
-
-
-def job_counts(db: Database, batch_id: int) -> dict[str, int]:
-    rows = db.query(
-        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
-            db.table("job")
-        ),
-        (batch_id,),
-    )
-    counts = {s: 0 for s in ("submitted", "completed", "failed")}
-    counts.update({str(s): int(n) for s, n in rows})
-    return counts
 
 
 def failures(

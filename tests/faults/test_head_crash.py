@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, run_cli, start_cli, write_config
+from helpers import create_batch, q, run_cli, start_cli, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +39,6 @@ def make_batch(
     )
     create_batch(cfg, tmp_path / "items.tsv", "crash", tmp_path)
     return cfg
-
-
-def wait_for(predicate: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError("condition not reached in time")
 
 
 def assert_counted_once(pg_conn: Any, tmp_path: Path, n: int, output: Path) -> None:
