@@ -8,6 +8,7 @@
         results/{chunk}.partial.jsonl   results appended as items finish
         results/{chunk}.attempt-{n}.json  one per attempt: host, SLURM ids, start
         results/{chunk}.lock       flock held by the chunk's runner and its items
+        results/{chunk}.misrouted.json  a SLURM task submitted for this chunk was told to run another
         logs/{chunk}.log           the items' stdout and stderr
 
 Nothing here touches PostgreSQL, so the Snakefile can use it at parse time on
@@ -106,6 +107,21 @@ class RunLayout:
 
     def log(self, chunk: str) -> Path:
         return self.dir / "logs" / f"{chunk}.log"
+
+    def misrouted(self, chunk: str) -> Path:
+        """Written by a runner that refused to run another chunk than its task's (see runner.check_task)."""
+        return self.dir / "results" / f"{chunk}.misrouted.json"
+
+    def misrouted_reason(self, chunk: str) -> str | None:
+        """Why ``chunk`` ran (or was refused) as another chunk, or None: the runner's refusal
+        record, or a result file whose records name another chunk."""
+        meta = _read_meta(self.misrouted(chunk)) if self.misrouted(chunk).exists() else None
+        if meta is not None:
+            return str(meta.get("error") or f"a task submitted for chunk {chunk} was told to run another")
+        first = next(read_jsonl(self.result(chunk)), None)
+        if first is not None and first.get("chunk_id") not in (None, chunk):
+            return f"the result file of chunk {chunk} holds the results of chunk {first['chunk_id']}"
+        return None
 
     def lock(self, chunk: str) -> Path:
         """Held (flock) by the chunk's runner and every item process it starts."""

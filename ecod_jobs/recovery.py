@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def slurm_name_prefix(run_id: str) -> str:
-    """The SLURM job-name prefix of a run's jobs (``--slurm-jobname-prefix``)."""
+    """The SLURM job-name prefix of a run's jobs (``--ecod-slurm-jobname-prefix``)."""
     return "ecod" + run_id.replace("-", "")[:24]
 
 

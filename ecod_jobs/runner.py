@@ -54,6 +54,24 @@ def scheduler_ids(environ: Mapping[str, str]) -> dict[str, str | None]:
     }
 
 
+def check_task(environ: Mapping[str, str], run_id: str, chunk: str) -> str | None:
+    """None when this process may run ``chunk`` of ``run_id``; otherwise why not.
+
+    A SLURM array task of the ``ecod-slurm`` executor carries the wildcards it was
+    submitted for (``ECOD_JOBS_TASK_RUN``, ``ECOD_JOBS_TASK_CHUNK``). A task told to
+    run another chunk (the SLURM plugin 2.8.0's large arrays ran every task as the
+    first chunk) must not: it would run that chunk's items again and leave its own.
+    """
+    want_chunk, want_run = environ.get("ECOD_JOBS_TASK_CHUNK"), environ.get("ECOD_JOBS_TASK_RUN")
+    if (want_chunk and want_chunk != chunk) or (want_run and want_run != run_id):
+        task = scheduler_ids(environ)["slurm_job_id"] or "?"
+        return (
+            f"SLURM task {task} was submitted for chunk {want_chunk} of run {want_run} but was told to run"
+            f" chunk {chunk} of run {run_id}: the array submission is broken"
+        )
+    return None
+
+
 def render_command(template: str, values: Mapping[str, Any]) -> str:
     """Substitute placeholders shell-quoted: a value is always one literal argument."""
     quoted = {k: shlex.quote("" if v is None else str(v)) for k, v in values.items()}
@@ -234,6 +252,13 @@ def hold_chunk_lock(path: Path, wait: float = 120) -> int:
 def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
     layout = RunLayout(run_dir, run_dir.name)
+    misrouted = check_task(environ, layout.run_id, chunk)
+    if misrouted is not None:
+        print(f"ecod-jobs runner: refusing to run: {misrouted}", file=sys.stderr)
+        own = environ.get("ECOD_JOBS_TASK_CHUNK") or chunk
+        if environ.get("ECOD_JOBS_TASK_RUN", layout.run_id) == layout.run_id:
+            write_atomic(layout.misrouted(own), json.dumps({"error": misrouted, "at": _now()}))
+        return 4
     plan = layout.read_plan()
     items = list(read_jsonl(layout.manifest(chunk)))
     expected = next((c["items"] for c in plan["chunks"] if c["chunk_id"] == chunk), None)
@@ -265,7 +290,7 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
                 results.append(done[item["process_id"]])
                 continue
             record = run_item(item, plan, env, log, keep_fds=(lock_fd,))
-            record.update(attempt=attempt, **ids)
+            record.update(chunk_id=chunk, attempt=attempt, **ids)
             results.append(record)
             partial.write(json.dumps(record, ensure_ascii=False) + "\n")
             partial.flush()

@@ -82,9 +82,18 @@ def resolve_profile(profile: str) -> Path:
     return candidate.resolve()
 
 
-def _uses_slurm(profile_dir: Path) -> bool:
-    text = (profile_dir / "config.yaml").read_text()
-    return any(line.split("#")[0].replace(" ", "") == "executor:slurm" for line in text.splitlines())
+SLURM_EXECUTORS = ("ecod-slurm", "slurm")
+
+
+def profile_executor(profile_dir: Path) -> str:
+    """The profile's ``executor`` (``local`` when it names none)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load((profile_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"profile {profile_dir / 'config.yaml'} is not valid YAML: {exc}") from None
+    return str(settings.get("executor") or "local") if isinstance(settings, dict) else "local"
 
 
 def snakemake_args(options: Mapping[str, Any]) -> list[str]:
@@ -138,7 +147,8 @@ def run_batch(
     config = load_config(config_path)
     spec = job_type_spec(config, job_type)
     profile_dir = resolve_profile(profile)
-    if _uses_slurm(profile_dir) and not shutil.which("sbatch"):
+    executor = profile_executor(profile_dir)
+    if executor in SLURM_EXECUTORS and not shutil.which("sbatch"):
         raise ConfigurationError(
             f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
         )
@@ -168,8 +178,8 @@ def run_batch(
     from .recovery import slurm_name_prefix
 
     chunks = -(-pending // spec.batch_size)
-    if _uses_slurm(profile_dir) and chunks > SLURM_PROFILE_JOBS:
-        # every chunk must reach the SLURM plugin in one round (see profiles/slurm)
+    if executor in SLURM_EXECUTORS and chunks > SLURM_PROFILE_JOBS:
+        # every chunk reaches the executor in one round, as arrays (see profiles/slurm)
         snakemake_options.setdefault("jobs", chunks)
         snakemake_options.setdefault("max_jobs_per_timespan", f"{chunks}/1s")
 
@@ -185,14 +195,11 @@ def run_batch(
         config_file = str(Path(path).resolve())
         env["ECOD_CONFIG_PATH"] = config_file
         smk_config.append(f"ecod_config={config_file}")
-    argv = snakemake_command(
-        profile_dir,
-        smk_config,
-        # names its SLURM jobs, so that a later run can find and cancel them if this one dies
-        "--slurm-jobname-prefix",
-        slurm_name_prefix(run_id),
-        *snakemake_args(snakemake_options),
+    # names its SLURM jobs, so that a later run can find and cancel them if this one dies
+    prefix = (
+        [f"--{executor}-jobname-prefix", slurm_name_prefix(run_id)] if executor in SLURM_EXECUTORS else []
     )
+    argv = snakemake_command(profile_dir, smk_config, *prefix, *snakemake_args(snakemake_options))
     if dry_run:
         argv.append("--dry-run")
     log_dir = Path(config["pipeline"]["work_root"]) / "logs"

@@ -42,6 +42,7 @@ class ChunkState:
     results: dict[int, dict[str, Any]]  # by process_id
     finished: bool  # the final result file exists
     items: list[dict[str, Any]] = field(default_factory=list)
+    misrouted: str | None = None  # a task ran another chunk than this one (its results are not ours)
 
     @property
     def last_attempt(self) -> int:
@@ -54,13 +55,21 @@ def read_chunk(
     final = layout.result(chunk)
     finished = final.exists()
     results = {r["process_id"]: r for r in read_jsonl(final if finished else layout.partial(chunk))}
+    misrouted = None
+    if (
+        any(r.get("chunk_id") not in (None, chunk) for r in results.values())
+        or layout.misrouted(chunk).exists()
+    ):
+        # never record another chunk's results as this one's: the chunk failed, loudly
+        misrouted = layout.misrouted_reason(chunk) or f"results of another chunk in the files of {chunk}"
+        finished, results = False, {}
     # A final result holds every item of the manifest (the runner writes it last):
     # no need to read the manifest again, which halves the reading of a large sync.
     manifest = layout.manifest(chunk)
     items = [{"process_id": pid} for pid in results] if finished else list(read_jsonl(manifest))
     if attempts is None:
         attempts = layout.attempts(chunk)
-    return ChunkState(chunk, attempts, results, finished, items)
+    return ChunkState(chunk, attempts, results, finished, items, misrouted)
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -136,6 +145,8 @@ def record_chunks(
                 # its runner got through every item, yet the chunk ran again: SLURM
                 # marked the array task failed although it finished (plugin issue #447)
                 status, error = "completed", None
+            elif st.misrouted and (attempt == last or not meta):
+                status, error = "failed", st.misrouted
             elif attempt < last or last_failed:
                 status, error = "failed", f"attempt {attempt} ended before finishing its chunk"
             else:
@@ -201,7 +212,9 @@ def record_chunks(
                         None,
                         None,
                         None,
-                        f"not run: chunk {st.chunk_id} attempt {last} ended before reaching this item",
+                        f"not run: {st.misrouted}"
+                        if st.misrouted
+                        else f"not run: chunk {st.chunk_id} attempt {last} ended before reaching this item",
                     )
                 )
                 settled += 1
@@ -460,6 +473,11 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
     failed_items = by_status.get("error", 0)
     status = "success" if success and not failed_items else "error"
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
+    misrouted = next(
+        filter(None, (run.misrouted_reason(c["chunk_id"]) for c in run.read_plan()["chunks"])), None
+    )
+    if misrouted is not None:
+        status, message = "error", f"{message}; stopped: {misrouted}"
     finish_run_row(db, run.run_id, status, message)
     return {**summary, "message": message}
 

@@ -149,16 +149,20 @@ def on_start(ctx: WorkflowContext) -> None:
     if recovered:
         print(f"ecod-jobs: recovered dead runs {', '.join(recovered)}", file=sys.stderr)
     global _heartbeat
-    _heartbeat = Heartbeat(db, ctx.run_id, on_lost=_interrupt_self).start()
+    _heartbeat = Heartbeat(db, ctx.run_id, on_lost=_lease_lost).start()
     LiveRecorder.activate(ctx)
     log.info("run %s of batch %d (%s) started", ctx.run_id, ctx.batch_id, ctx.spec.name)
 
 
+def _lease_lost() -> None:
+    print("ecod-jobs: this run lost its lease to another run; stopping", file=sys.stderr)
+    _interrupt_self()
+
+
 def _interrupt_self() -> None:
-    """Another run owns the batch now: stop as Ctrl-C would (Snakemake cancels its jobs)."""
+    """Stop this run as Ctrl-C would (Snakemake cancels its jobs, then onerror records it)."""
     import signal
 
-    print("ecod-jobs: this run lost its lease to another run; stopping", file=sys.stderr)
     os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -228,6 +232,7 @@ class LiveRecorder:
         self._backlog_lock = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
+        self.stopping = False  # a misrouted chunk was seen and the run told to stop
 
     @classmethod
     def activate(cls, ctx: WorkflowContext) -> None:
@@ -264,6 +269,14 @@ class LiveRecorder:
         chunk = self.chunks.get(jobid)
         if chunk is None or self.plan() is None:
             return
+        misrouted = self.ctx.run.misrouted_reason(chunk)
+        if misrouted is not None and not self.stopping:
+            # Never wait on it (its items would sit in 'processing' while Snakemake retries
+            # a broken submission): stop the run; its end records the chunk's items failed.
+            self.stopping = True
+            log.error("ecod-jobs: chunk %s: %s; stopping the run", chunk, misrouted)
+            print(f"ecod-jobs: chunk {chunk}: {misrouted}; stopping the run", file=sys.stderr)
+            _interrupt_self()
         with self._backlog_lock:
             self.backlog[chunk] = failed
         if self._retry_thread is None or not self._retry_thread.is_alive():

@@ -298,7 +298,9 @@ def test_slurm_run_uses_one_array(
     cfg, batch = setup_batch(tmp_path, scratch_db, n=10, batch_size=3)
     (tmp_path / "echo").mkdir()
     (tmp_path / "echo" / "fail_8").touch()
-    result = run_batch(batch, profile="slurm", config_path=cfg, slurm_init_seconds_before_status_checks=5)
+    result = run_batch(
+        batch, profile="slurm", config_path=cfg, ecod_slurm_init_seconds_before_status_checks=5
+    )
     assert result.returncode == 0, result.log_path.read_text()[-3000:]
     assert result.by_status == {"success": 8, "error": 2}
     jobs = q(
