@@ -212,7 +212,13 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], _Source]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character such as NUL
+            line = text.count("\n", 0, exc.position) + 1
+            where = f" line {line}"
+            char = exc.character
+            shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+            problem = f"character {shown} is not allowed ({exc.reason})"
         if isinstance(exc, _DuplicateKey):
             where = f" line {mark.line + 1}" if mark else ""
             path_keys = _key_path_at(root, mark) if root is not None and mark else []
@@ -221,7 +227,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], _Source]:
         kind = "" if isinstance(exc, _DuplicateKey) else "not valid YAML: "
         raise ConfigurationError(
             f"config file {path}{where}: {kind}{problem}",
-            {"path": str(path), "line": mark.line + 1 if mark else None},
+            {"path": str(path), "where": where.strip()},
         ) from None
     if data is None:
         data = {}
