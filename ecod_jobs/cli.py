@@ -19,7 +19,7 @@ import yaml
 
 from . import __version__
 from .config import is_embedded, load_config, redact
-from .db import Database, create_batch, current_version, init_schema, list_batches
+from .db import Database, create_batch, current_version, init_schema, list_batches, require_schema
 from .exceptions import USAGE_ERRORS, ECODError, ValidationError
 from .items import read_items
 
@@ -77,11 +77,26 @@ def cmd_db_stop(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_batch_create(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    items = read_items(args.items)  # validate the whole file before touching the database
+    # Every argument and the whole items file are checked before touching the database.
+    for flag, value in (
+        ("--type", args.type),
+        ("--ref-version", args.ref_version),
+        ("--base-path", args.base_path),
+    ):
+        if value is not None and not value.strip():
+            raise ValidationError(f"{flag} must not be empty", {"argument": flag})
+    base_path = ""
+    if args.base_path is not None:
+        # A file or a missing directory would only fail at run time, after planning.
+        if not Path(args.base_path).is_dir():
+            raise ValidationError(
+                f"--base-path {args.base_path}: not an existing directory", {"base_path": args.base_path}
+            )
+        base_path = str(Path(args.base_path).resolve())
+    items = read_items(args.items, allow_duplicates=args.allow_duplicates)
     db = Database(config)
     init_schema(db)
     ref_version = args.ref_version or config["pipeline"].get("ref_version", "unspecified")
-    base_path = str(Path(args.base_path).resolve()) if args.base_path else ""
     batch_id = create_batch(
         db,
         args.name,
@@ -96,7 +111,7 @@ def cmd_batch_create(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_batch_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    db = Database(config)
+    db = require_schema(Database(config), needed_by="batch list")
     batches = list_batches(db)
     if args.json:
         print(
@@ -206,7 +221,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .runs import batch_status
 
-    report = batch_status(Database(config), args.batch)
+    report = batch_status(require_schema(Database(config), needed_by="status"), args.batch)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -223,9 +238,12 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .config import job_type_spec
     from .db import require_batch
     from .sync import sync_batch
 
+    if args.job_type is not None:
+        job_type_spec(config, args.job_type)  # an unknown job type: exit 2, naming it
     db = Database(config)
     init_schema(db)
     require_batch(db, args.batch)
@@ -245,7 +263,7 @@ def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .runs import cancel_batch
 
-    report = cancel_batch(Database(config), config, args.batch)
+    report = cancel_batch(require_schema(Database(config), needed_by="cancel"), config, args.batch)
     print(
         f"batch {args.batch}: stopped {len(report['signalled_runs'])} runs,"
         f" cancelled {len(report['scancelled'])} SLURM jobs; {report['done']}/{report['total']} items done"
@@ -255,16 +273,14 @@ def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .insight.data import require_schema
-    from .insight.report import write_report
+    from .insight.report import report_target, write_report
 
+    given = args.output or f"batch_{args.batch}_report.html"
+    out = report_target(given)  # refused before the database is read or anything written
     db = require_schema(Database(config))
-    out = Path(args.output or f"batch_{args.batch}_report.html")
-    if out.is_dir():
-        raise ValidationError(f"--output {out}: is a directory; give a file name", {"output": str(out)})
-    if not out.parent.is_dir():
-        raise ValidationError(f"--output {out}: directory {out.parent} does not exist", {"output": str(out)})
     write_report(db, args.batch, out)
-    print(f"batch {args.batch}: report written to {out}")
+    via = f" (through the symlink {given})" if Path(given).is_symlink() else ""
+    print(f"batch {args.batch}: report written to {out}{via}")
     return 0
 
 
@@ -274,14 +290,17 @@ def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .insight.dashboard import serve
 
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
-    print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
-    if args.host in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"  from your laptop: ssh -N -L {args.port}:localhost:{args.port} {socket.gethostname()},"
-            f" then open {url}",
-            flush=True,
-        )
-    serve(Database(config), args.host, args.port)
+
+    def banner() -> None:
+        print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
+        if args.host in ("127.0.0.1", "localhost", "::1"):
+            print(
+                f"  from your laptop: ssh -N -L {args.port}:localhost:{args.port} {socket.gethostname()},"
+                f" then open {url}",
+                flush=True,
+            )
+
+    serve(Database(config), args.host, args.port, announce=banner)
     return 0
 
 
@@ -332,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--type", default="generic", help="batch type (default: generic)")
     create.add_argument("--base-path", metavar="DIR", help="directory item paths are relative to")
     create.add_argument("--ref-version", help="ECOD reference version (default: pipeline.ref_version)")
+    create.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="accept a path listed more than once (each line becomes its own item)",
+    )
     listing = add(batch_sub, "list", cmd_batch_list, "list batches")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -151,6 +151,49 @@ class _Source:
     root: yaml.Node | None
 
 
+@dataclass(frozen=True)
+class _EnvSource:
+    """The environment layer: which variable set each key path, to blame it in errors."""
+
+    variables: dict[tuple[str, ...], str]
+
+    def variable_for(self, keys: list[str | int]) -> str | None:
+        """The variable that set ``keys`` or a mapping or list holding it."""
+        path = tuple(str(k) for k in keys)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.variables:
+                return self.variables[path[:n]]
+        return None
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (PyYAML would silently keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, naming both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges are meant to be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first is not key_node:
+                raise _DuplicateKey(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (lines {first.start_mark.line + 1} and"
+                    f" {key_node.start_mark.line + 1}); YAML would keep only the last",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], _Source]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -158,16 +201,33 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], _Source]:
         raise ConfigurationError(f"config file {path} does not exist", {"path": str(path)}) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read config file {path}: {exc}") from None
+    root: yaml.Node | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)  # one parse gives both the tree (for lines) and the data
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character such as NUL
+            line = text.count("\n", 0, exc.position) + 1
+            where = f" line {line}"
+            char = exc.character
+            shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+            problem = f"character {shown} is not allowed ({exc.reason})"
+        if isinstance(exc, _DuplicateKey):
+            where = f" line {mark.line + 1}" if mark else ""
+            path_keys = _key_path_at(root, mark) if root is not None and mark else []
+            if path_keys:
+                problem = f"{'.'.join(map(str, path_keys))}: {problem}"
+        kind = "" if isinstance(exc, _DuplicateKey) else "not valid YAML: "
         raise ConfigurationError(
-            f"config file {path}{where}: not valid YAML: {problem}",
-            {"path": str(path), "line": mark.line + 1 if mark else None},
+            f"config file {path}{where}: {kind}{problem}",
+            {"path": str(path), "where": where.strip()},
         ) from None
     if data is None:
         data = {}
@@ -177,6 +237,27 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], _Source]:
             {"path": str(path)},
         )
     return data, _Source(path, root)
+
+
+def _key_path_at(node: yaml.Node, mark: Any, seen: set[int] | None = None) -> list[str]:
+    """The key path of the mapping key that starts at ``mark`` (to name a duplicate key)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: its anchor was walked already
+        return []
+    seen.add(id(node))
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.start_mark.index == mark.index:
+                return [str(key_node.value)]
+            children.append((str(key_node.value), value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(str(i), item) for i, item in enumerate(node.value)]
+    for name, child in children:
+        below = _key_path_at(child, mark, seen)
+        if below:
+            return [name, *below]
+    return []
 
 
 def _line_of(source: _Source, keys: list[str | int]) -> int | None:
@@ -217,6 +298,9 @@ def _coerce_env_value(keys: list[str], raw: str, var: str) -> Any:
     kind = schema.get("type")
     try:
         if kind == "integer":
+            # int() would also take '1_0', '+5', ' 5' and non-ASCII digits
+            if not re.fullmatch(r"-?[0-9]+", raw):
+                raise ValueError(raw)
             return int(raw)
         if kind == "boolean":
             lowered = raw.strip().lower()
@@ -229,11 +313,22 @@ def _coerce_env_value(keys: list[str], raw: str, var: str) -> Any:
             return yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError):
         shown = REDACTED if "password" in keys else repr(raw)
+        plain = ": expected plain digits 0-9" if kind == "integer" else ""
         raise ConfigurationError(
-            f"environment variable {var}: {shown} is not a valid {kind}",
+            f"environment variable {var}: {shown} is not a valid {kind}{plain}",
             {"variable": var},
         ) from None
     return raw
+
+
+def _env_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """``(variable, key path)`` of every ``ECOD_<SECTION>__<KEY>`` variable, sorted."""
+    environ = os.environ if environ is None else environ
+    return [
+        (var, [part.lower() for part in var[len(ENV_PREFIX) :].split("__")])
+        for var in sorted(environ)
+        if var.startswith(ENV_PREFIX) and "__" in var
+    ]
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -244,10 +339,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """
     environ = os.environ if environ is None else environ
     result: dict[str, Any] = {}
-    for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX) or "__" not in var:
-            continue
-        keys = [part.lower() for part in var[len(ENV_PREFIX) :].split("__")]
+    for var, keys in _env_variables(environ):
         if not all(keys):
             raise ConfigurationError(f"environment variable {var}: empty section or key name")
         node = result
@@ -294,7 +386,7 @@ def load_config(
     """Load, merge and validate the configuration; see the module docstring."""
     config_path, explicit = resolve_config_path(path, environ)
     config = copy.deepcopy(DEFAULTS)
-    sources: list[_Source] = []
+    sources: list[_Source | _EnvSource] = []
     if config_path is not None and (explicit or config_path.exists()):
         data, source = _read_yaml(config_path)
         config = deep_merge(config, data)
@@ -305,13 +397,28 @@ def load_config(
             config = deep_merge(config, local)
             sources.append(local_source)
     config = deep_merge(config, env_overrides(environ))
+    blamed = {
+        tuple(keys): var
+        for var, keys in _env_variables(environ)
+        if not (overrides and _has_path(overrides, keys))  # a caller's override won
+    }
+    sources.append(_EnvSource(blamed))
     if overrides:
         config = deep_merge(config, overrides)
     _normalize(config)
     validate_config(config, sources)
-    if config_path is not None and sources:
+    if config_path is not None and any(isinstance(s, _Source) for s in sources):
         config.setdefault("_meta", {})["config_path"] = str(config_path.resolve())
     return config
+
+
+def _has_path(mapping: Mapping[str, Any], keys: list[str]) -> bool:
+    node: Any = mapping
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def from_mapping(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,16 +474,21 @@ def _explain(error: Any) -> tuple[list[str | int], str]:
     return keys, f"value {value} is not valid: expected {expected}"
 
 
-def _located(keys: list[str | int], sources: list[_Source]) -> str:
+def _located(keys: list[str | int], sources: list[_Source | _EnvSource]) -> str:
     dotted = ".".join(str(k) for k in keys) or "(top level)"
-    for source in reversed(sources):  # the later file wins, so it is the one to blame
+    for source in reversed(sources):  # the later layer wins, so it is the one to blame
+        if isinstance(source, _EnvSource):
+            var = source.variable_for(keys)
+            if var is not None:
+                return f"environment variable {var}: {dotted}"
+            continue
         line = _line_of(source, keys)
         if line is not None and _line_of(source, keys[:1]) is not None:
             return f"{source.path} line {line}: {dotted}"
     return dotted
 
 
-def validate_config(config: Mapping[str, Any], sources: list[_Source] | None = None) -> None:
+def validate_config(config: Mapping[str, Any], sources: list[_Source | _EnvSource] | None = None) -> None:
     """Raise ``ConfigurationError`` describing the first problems found."""
     import jsonschema  # local: only needed here
 

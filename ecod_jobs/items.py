@@ -1,8 +1,11 @@
 """Reading a batch's items file: a TSV with a header.
 
-Columns: ``path`` (required), ``protein_id`` (optional integer) and
+Columns: ``path`` (required), ``protein_id`` (optional positive integer) and
 ``is_representative`` (optional boolean). Every problem is reported with the
-file and line, and the whole file is checked before anything is written.
+file and line, and the whole file is checked before anything is written. A
+UTF-8 byte-order mark before the header is ignored (spreadsheets write one).
+A path may appear once (``allow_duplicates`` lifts that), and may not hold a
+NUL byte (PostgreSQL text cannot store one).
 
 A path may hold any character. Tab, newline, carriage return and backslash are
 written as ``\t``, ``\n``, ``\r`` and ``\\`` (the escapes of PostgreSQL's COPY
@@ -12,6 +15,7 @@ a mistyped path is never silently changed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,10 @@ OPTIONAL_COLUMNS = ("protein_id", "is_representative")
 _TRUE = {"1", "t", "true", "yes", "y"}
 _FALSE = {"0", "f", "false", "no", "n", ""}
 _MAX_ERRORS = 5
+_BOM = b"\xef\xbb\xbf"
+# Plain ASCII digits only: int() would also take '1_000', '+7', ' 7' and fullwidth digits.
+_PLAIN_INT = re.compile(r"[0-9]+")
+_MAX_PROTEIN_ID = 2**31 - 1  # ECOD's protein.id is a PostgreSQL integer
 
 
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
@@ -66,8 +74,11 @@ def _fail(path: Path, problems: list[str]) -> ValidationError:
     )
 
 
-def read_items(path: str | Path) -> list[ItemRow]:
-    """Parse and validate the whole file; raise ``ValidationError`` naming file and line."""
+def read_items(path: str | Path, *, allow_duplicates: bool = False) -> list[ItemRow]:
+    """Parse and validate the whole file; raise ``ValidationError`` naming file and line.
+
+    A path given twice is an error naming both lines unless ``allow_duplicates``.
+    """
     path = Path(path)
     try:
         handle = path.open("rb")
@@ -75,8 +86,11 @@ def read_items(path: str | Path) -> list[ItemRow]:
         raise ValidationError(f"items file {path}: cannot open: {exc.strerror}") from None
     rows: list[ItemRow] = []
     problems: list[str] = []
+    seen: dict[str, int] = {}  # path -> the line it first appeared on
     with handle:
         header_raw = handle.readline()
+        if header_raw.startswith(_BOM):
+            header_raw = header_raw[len(_BOM) :]
         if not header_raw.strip():
             raise ValidationError(
                 f"items file {path} line 1: the file is empty; expected a header line "
@@ -124,17 +138,19 @@ def read_items(path: str | Path) -> list[ItemRow]:
             if not item_path.strip():
                 problems.append(f"line {lineno}: empty path")
                 continue
+            if "\0" in item_path:
+                problems.append(f"line {lineno}: path {item_path!r} holds a NUL byte")
+                continue
             protein_id = None
             if i_protein is not None and fields[i_protein].strip():
                 text = fields[i_protein].strip()
-                try:
-                    protein_id = int(text)
-                except ValueError:
-                    problems.append(f"line {lineno}: protein_id {text!r} is not an integer")
+                if not _PLAIN_INT.fullmatch(text) or not 0 < int(text) <= _MAX_PROTEIN_ID:
+                    problems.append(
+                        f"line {lineno}: protein_id {text!r} is not a plain positive integer"
+                        f" (digits 0-9 only, 1 to {_MAX_PROTEIN_ID})"
+                    )
                     continue
-                if not -(2**31) <= protein_id < 2**31:
-                    problems.append(f"line {lineno}: protein_id {text!r} is out of range")
-                    continue
+                protein_id = int(text)
             rep = False
             if i_rep is not None:
                 flag = fields[i_rep].strip().lower()
@@ -142,6 +158,13 @@ def read_items(path: str | Path) -> list[ItemRow]:
                     problems.append(f"line {lineno}: is_representative {flag!r} is not a boolean")
                     continue
                 rep = flag in _TRUE
+            first = seen.setdefault(item_path, lineno)
+            if first != lineno and not allow_duplicates:
+                problems.append(
+                    f"line {lineno}: path {item_path!r} repeats line {first}"
+                    " (--allow-duplicates accepts repeated paths)"
+                )
+                continue
             rows.append(ItemRow(item_path, protein_id, rep))
     if problems:
         raise _fail(path, problems)

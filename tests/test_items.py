@@ -31,7 +31,7 @@ def test_path_only(tmp_path: Path) -> None:
         ("", "line 1: the file is empty"),
         ("protein_id\n1\n", "line 1: no 'path' column"),
         ("path\tprotien_id\nx\t1\n", "line 1: unknown column 'protien_id'"),
-        ("path\tprotein_id\nx\t1\ny\tabc\n", "line 3: protein_id 'abc' is not an integer"),
+        ("path\tprotein_id\nx\t1\ny\tabc\n", "line 3: protein_id 'abc' is not a plain positive integer"),
         ("path\tprotein_id\nx\n", "line 2: 1 columns, expected 2"),
         ("path\tprotein_id\n \t1\n", "line 2: empty path"),
         ("path\n", "no items after the header"),

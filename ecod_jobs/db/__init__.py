@@ -12,7 +12,7 @@ from .batches import (
     status_counts,
 )
 from .connection import ConnectionInfo, Database, Snapshot, is_transient, retry_while_away, snapshot
-from .schema import LATEST_VERSION, current_version, init_schema
+from .schema import LATEST_VERSION, current_version, init_schema, require_schema
 
 __all__ = [
     "LATEST_VERSION",
@@ -30,6 +30,7 @@ __all__ = [
     "list_batches",
     "ordered_counts",
     "require_batch",
+    "require_schema",
     "retry_while_away",
     "snapshot",
     "status_counts",

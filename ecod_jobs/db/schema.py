@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
+from ..exceptions import ConfigurationError
 from .connection import Database
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,21 @@ def current_version(db: Database) -> int:
         sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(db.table("ecod_jobs_schema_version"))
     )
     return int(rows[0][0])
+
+
+def require_schema(db: Database, minimum: int = LATEST_VERSION, needed_by: str = "this command") -> Database:
+    """The database, once its schema is at ``minimum`` or later; else a ConfigurationError
+    (exit 2) saying to run ``ecod-jobs db init``, instead of 'relation does not exist'.
+    For commands that only read: those that write run ``init_schema`` themselves."""
+    version = current_version(db)
+    if version < minimum:
+        state = "has no ecod-jobs tables" if version == 0 else f"is at version {version}"
+        raise ConfigurationError(
+            f"schema {db.schema} on {db.info.describe()} {state}; {needed_by} needs version"
+            f" {minimum} or later: run `ecod-jobs db init` first",
+            {"schema": db.schema, "version": version},
+        )
+    return db
 
 
 def init_schema(db: Database) -> list[int]:

@@ -14,8 +14,11 @@ the report, from the same JSON, with textContent only.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -153,9 +156,40 @@ def read_only(db: Database) -> Database:
     return db
 
 
-def serve(db: Database, host: str = "127.0.0.1", port: int = 8050) -> None:
-    """Serve the dashboard until interrupted."""
+def bind(host: str, port: int) -> socket.socket:
+    """The dashboard's listening address, bound now: a port in use is a one-line error
+    (exit 2) before anything is printed, not a server error after the banner."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValidationError(
+                f"port {port} on {host} is already in use: stop what listens there or give another --port",
+                {"host": host, "port": port},
+            ) from None
+        raise ValidationError(
+            f"cannot listen on {host} port {port}: {exc.strerror or exc}", {"host": host, "port": port}
+        ) from None
+    return sock
+
+
+def serve(
+    db: Database, host: str = "127.0.0.1", port: int = 8050, announce: Callable[[], None] | None = None
+) -> None:
+    """Serve the dashboard until interrupted; ``announce`` runs once the port is bound and
+    the schema checked, so that its banner is never printed for a server that cannot start."""
     import uvicorn
 
-    app = create_app(read_only(db), allowed_hosts(host))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    sock = bind(host, port)
+    try:
+        app = create_app(read_only(db), allowed_hosts(host))
+        if announce is not None:
+            announce()
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

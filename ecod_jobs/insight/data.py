@@ -15,8 +15,8 @@ from typing import Any
 from psycopg2 import sql
 
 from ..config import seconds_to_time
-from ..db import Database, current_version, job_counts, ordered_counts, require_batch, status_counts
-from ..exceptions import ConfigurationError
+from ..db import Database, job_counts, ordered_counts, require_batch, status_counts
+from ..db import require_schema as require_db_schema
 from ..lease import LEASE_SECONDS
 from ..plan import resolve_item_path
 
@@ -35,13 +35,7 @@ TIME_HEADROOM = 1.5
 
 def require_schema(db: Database) -> Database:
     """The database, once its schema has the count table these views read (version 5)."""
-    version = current_version(db)
-    if version < MIN_SCHEMA:
-        raise ConfigurationError(
-            f"the database schema is at version {version}; reports and the dashboard need"
-            f" version {MIN_SCHEMA} or later: run `ecod-jobs db init` first"
-        )
-    return db
+    return require_db_schema(db, MIN_SCHEMA, "reports and the dashboard")
 
 
 def _iso(value: datetime | None) -> str | None:

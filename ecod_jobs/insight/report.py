@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import getpass
+import os
 import socket
+import stat
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -21,6 +23,7 @@ import jinja2
 
 from .. import __version__
 from ..db import Database, snapshot
+from ..exceptions import ValidationError
 from ..layout import write_atomic
 from . import data, figures
 
@@ -73,7 +76,47 @@ def render_report(view: dict[str, Any]) -> str:
     )
 
 
+def report_target(text: str) -> Path:
+    """The file ``report -o TEXT`` writes, checked before anything is read or written.
+
+    The report replaces its target by renaming a temporary file over it, so the target
+    must be a regular file or not exist yet, in an existing directory: a device node, a
+    directory or a name ending in '/' is refused. A symlink is followed to its target,
+    which must be a regular file (the link itself stays), as a shell's ``>`` would.
+    """
+    out = Path(text)
+    if text.endswith("/") or (os.altsep and text.endswith(os.altsep)):
+        raise _bad(text, "names a directory (it ends in '/'); give a file name")
+    try:
+        st: os.stat_result | None = out.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _bad(text, exc.strerror or str(exc)) from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        real = Path(os.path.realpath(out))
+        if not real.is_file():
+            raise _bad(text, f"is a symlink to {real}, which is not an existing regular file")
+        out, st = real, real.stat()
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        dir_ = stat.S_ISDIR(st.st_mode)
+        what = "is a directory" if dir_ else "is not a regular file (a device, FIFO or socket)"
+        raise _bad(text, f"{what}; give a file name")
+    if not out.parent.is_dir():
+        raise _bad(text, f"directory {out.parent} does not exist")
+    return out
+
+
+def _bad(text: str, problem: str) -> ValidationError:
+    return ValidationError(f"--output {text}: {problem}", {"output": text})
+
+
 def write_report(db: Database, batch_id: int, out: Path) -> Path:
-    """Render the batch's report to ``out`` atomically (a reader never sees half a file)."""
-    write_atomic(out, render_report(report_view(db, batch_id)), mode=0o644)
+    """Render the batch's report to ``out`` atomically (a reader never sees half a file).
+    ``out`` is what :func:`report_target` returned."""
+    text = render_report(report_view(db, batch_id))
+    try:
+        write_atomic(out, text, mode=0o644)
+    except OSError as exc:  # e.g. /proc/x: nothing was written (the temp file is removed)
+        raise _bad(str(out), f"cannot write there: {exc.strerror or exc}") from None
     return out
