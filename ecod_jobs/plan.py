@@ -28,6 +28,7 @@ from .db import Database, require_batch
 from .db.batches import Batch
 from .db.bulk import copy_rows
 from .layout import RunLayout, chunk_id, sync_filesystem, write_atomic, write_unsynced
+from .ownership import database_id
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def plan_run(
     """Plan the run into ``layout``; returns the plan (also written to ``plan.json``)."""
     batch = require_batch(db, batch_id)
     output_dir = output_dir_for(config, batch, spec.name)
+    # ties the run's files to this database: a work root may be shared (ownership.py)
+    this_database = database_id(db)
     statuses = statuses_needing_work(retry_failed)
     ps = db.table("process_status")
     with db.transaction() as cur:
@@ -191,6 +194,7 @@ def plan_run(
             raise writer.error
         plan = {
             "run_id": layout.run_id,
+            "database_id": this_database,
             "batch_id": batch_id,
             "job_type": spec.name,
             "retry_failed": retry_failed,

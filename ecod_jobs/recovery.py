@@ -28,6 +28,7 @@ from psycopg2 import sql
 from .db import Database
 from .exceptions import RunConflictError
 from .layout import BatchLayout, RunLayout
+from .ownership import check_run, warn_foreign
 from .sync import close_dead_run, finish_run, reconcile_run, run_state
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
             (run.run_id,),
         )
     }
-    if run.plan.exists():
+    if run.plan.exists() and check_run(db, run) is None:  # never another database's jobs
         for chunk in run.read_plan()["chunks"]:
             if not run.result(chunk["chunk_id"]).exists():
                 ids.update(
@@ -162,6 +163,18 @@ def _wait_gone(job_ids: list[str], timeout: float = 120) -> None:
     log.warning("cancelled jobs %s still listed by squeue after %.0f s", job_ids, timeout)
 
 
+def _hand_back_items(db: Database, run_id: str, batch_id: int) -> None:
+    """The dead run's items still in ``processing`` go back to ``pending``, from its rows alone
+    (its files cannot be read): the next run takes them up."""
+    db.query(
+        sql.SQL(
+            "UPDATE {} ps SET status = 'pending', updated_at = now() FROM {} ji JOIN {} j ON j.id = ji.job_id"
+            " WHERE j.run_id = %s AND ji.process_id = ps.id AND ps.batch_id = %s AND ps.status = 'processing'"
+        ).format(db.table("process_status"), db.table("job_item"), db.table("job")),
+        (run_id, batch_id),
+    )
+
+
 def recover_dead_runs(
     db: Database, config: Mapping[str, Any], batch_id: int, job_type: str, current_run_id: str
 ) -> list[str]:
@@ -182,6 +195,16 @@ def recover_dead_runs(
         if run_state(db, run_id) == "alive":
             continue
         run = layout.run(run_id)
+        if (reason := check_run(db, run)) is not None:
+            # The directory at its path holds another database's run: read, stop and
+            # cancel nothing of it. Our run's jobs are still found by row and name.
+            warn_foreign(run, reason)
+            if (stray := live_slurm_jobs(db, run)) and slurm_cli.available("scancel"):
+                slurm_cli.scancel(stray)
+            _hand_back_items(db, run_id, batch_id)
+            close_dead_run(db, run_id)
+            recovered.append(run_id)
+            continue
         ended = run.read_ended()
         if ended is not None:  # it ended while the database was away: finish its record
             finish_run(db, run, batch_id, bool(ended.get("success")))

@@ -506,6 +506,8 @@ def sync_batch(
     db: Database, config: Mapping[str, Any], batch_id: int, job_type: str | None = None
 ) -> dict[str, Any]:
     """Rebuild the batch's job, job_item and process_status rows from every run's files."""
+    from .ownership import owned_runs
+
     work_root = config["pipeline"].get("work_root", ".ecod_jobs/work")
     types = (
         [job_type]
@@ -516,7 +518,8 @@ def sync_batch(
     )
     report: dict[str, Any] = {"batch_id": batch_id, "runs": 0, "chunks": 0, "settled": 0, "finished_runs": 0}
     for name in types:
-        for run in BatchLayout.create(work_root, batch_id, name).runs():
+        # only this database's runs: a work root may be shared (see ownership.py)
+        for run in owned_runs(db, BatchLayout.create(work_root, batch_id, name), batch_id, name):
             state = run_state(db, run.run_id)
             ended = run.read_ended()
             if ended is not None and state != "ended":

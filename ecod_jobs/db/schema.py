@@ -247,6 +247,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS job_batch_id_idx ON {s}.job (batch_id, id)",
         ),
     ),
+    Migration(
+        7,
+        "database identity: a random uuid made once, written into every run's plan.json",
+        (
+            # Batch ids are per database, so a work root shared between databases (or
+            # used again by a database restored from an old backup) holds runs of
+            # several; sync, cancel and recovery read only the runs whose plan.json
+            # carries this id (see ecod_jobs/ownership.py). One row, enforced by the key.
+            """CREATE TABLE IF NOT EXISTS {s}.ecod_jobs_database (
+                one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+                database_id UUID NOT NULL,
+                created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+            )""",
+            # md5 of random and time rather than gen_random_uuid(), which needs
+            # PostgreSQL 13; a copy of the database (pg_dump, a restore) keeps the id.
+            "INSERT INTO {s}.ecod_jobs_database (database_id)"
+            " SELECT md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)::uuid"
+            " ON CONFLICT (one) DO NOTHING",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
