@@ -3,6 +3,7 @@ and SIGTERM, and `ecod-jobs run` killed with SIGTERM or SIGHUP, locally and on S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -85,29 +86,27 @@ def assert_settled(pg_conn: Any) -> None:
     assert "processing" not in statuses, statuses
 
 
-def test_cancel_stops_a_head_stuck_waiting_for_missing_outputs(
-    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
-) -> None:
+def start_stuck_head(tmp_path: Path, scratch_db: dict[str, Any]) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """A run (as `run` starts it, with a long latency-wait) whose Snakemake sits in its
+    missing-output wait; returns the config, the deleter's pid file and the process."""
     deleter = tmp_path / "deleter.py"
     deleter.write_text(DELETER)
     pid_file = tmp_path / "deleter.pid"
     runs_root = tmp_path / "work" / "batch_1" / "t" / "runs"
     cfg = make_batch(tmp_path, scratch_db, f"python {deleter} --spawn {runs_root} {pid_file}", 2)
-    # the run, with a long latency-wait, as `run` would start it
     head = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys; from ecod_jobs.runs import run_batch;"
-            f" run_batch(1, config_path={str(cfg)!r}, latency_wait=600)",
+            f"from ecod_jobs.runs import run_batch; run_batch(1, config_path={str(cfg)!r}, latency_wait=600)",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    logs = tmp_path / "work" / "logs"
     try:
-        logs = tmp_path / "work" / "logs"
         wait_for(
             lambda: any(
                 "Waiting at most 600 seconds for missing files" in p.read_text() for p in logs.glob("*.log")
@@ -115,6 +114,32 @@ def test_cancel_stops_a_head_stuck_waiting_for_missing_outputs(
             timeout=120,
             what="Snakemake to wait for the missing chunk output",
         )
+    except BaseException:
+        stop_stuck(head, pid_file)
+        raise
+    return cfg, pid_file, head
+
+
+def stop_stuck(head: subprocess.Popen[str], pid_file: Path) -> None:
+    """Whatever a failed test left: the head, its Snakemake process group, the deleter."""
+    if head.poll() is None:
+        head.kill()
+    config_arg = f"ecod_config={pid_file.parent / 'config.yml'}".encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"snakemake" in cmdline.read_bytes() and config_arg in cmdline.read_bytes():
+                os.killpg(int(cmdline.parent.name), signal.SIGKILL)
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_cancel_stops_a_head_stuck_waiting_for_missing_outputs(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    cfg, pid_file, head = start_stuck_head(tmp_path, scratch_db)
+    runs_root = tmp_path / "work" / "batch_1" / "t" / "runs"
+    try:
         run_id, snakemake_pid = q(pg_conn, "SELECT run_id::text, pid FROM ecod_schema.ecod_jobs_run")[0]
         run_dir = runs_root / run_id
         config = load_config(cfg)
@@ -140,11 +165,29 @@ def test_cancel_stops_a_head_stuck_waiting_for_missing_outputs(
         assert_settled(pg_conn)
         print(f"cancel: stopped {how} in {took:.1f} s")
     finally:
-        if head.poll() is None:
-            head.kill()
-        if pid_file.exists():
-            with __import__("contextlib").suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        stop_stuck(head, pid_file)
+
+
+def test_run_killed_with_sigterm_escalates_when_its_head_is_stuck(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    """`run`'s own stop escalates to SIGKILL (default waits: 30 s, 10 s), then settles the
+    killed run as recovery does: closed as interrupted, lease released, nothing left."""
+    _cfg, pid_file, head = start_stuck_head(tmp_path, scratch_db)
+    try:
+        run_id, snakemake_pid = q(pg_conn, "SELECT run_id::text, pid FROM ecod_schema.ecod_jobs_run")[0]
+        started = time.monotonic()
+        head.send_signal(signal.SIGTERM)
+        out, _ = head.communicate(timeout=120)
+        took = time.monotonic() - started
+        assert f"run {run_id}: stopped the workflow with SIGKILL after SIGINT and SIGTERM were ignored" in out
+        assert "Stopped: SIGTERM" in out
+        assert took < 70, f"took {took:.0f} s to stop"
+        assert run_processes(tmp_path / "work" / "batch_1" / "t" / "runs" / run_id, snakemake_pid) == []
+        assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("interrupted",)]
+        assert_settled(pg_conn)
+    finally:
+        stop_stuck(head, pid_file)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
