@@ -264,6 +264,10 @@ def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .runs import cancel_batch
 
     report = cancel_batch(require_schema(Database(config), needed_by="cancel"), config, args.batch)
+    for run_id, how in report["stopped"].items():
+        print(f"stopped run {run_id} {how}")
+    for run in report["not_stopped"]:
+        print(f"not stopped: run {run} is alive on another host; run ecod-jobs cancel there", file=sys.stderr)
     print(
         f"batch {args.batch}: stopped {len(report['signalled_runs'])} runs,"
         f" cancelled {len(report['scancelled'])} SLURM jobs; {report['done']}/{report['total']} items done"
@@ -420,9 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ecod-jobs: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, USAGE_ERRORS) else 1
-    except KeyboardInterrupt:
-        print("ecod-jobs: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM and SIGHUP of `run` too (runs.Stopped)
+        print(f"ecod-jobs: interrupted{f' by {exc}' if str(exc) else ''}", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", 2))
 
 
 if __name__ == "__main__":

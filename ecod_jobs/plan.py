@@ -6,6 +6,8 @@ the "nothing to do" check). One transaction moves the items needing work to
 inserts one ``job`` row per chunk and its ``job_item`` rows with COPY. The
 manifests are written before the commit and ``plan.json`` (the checkpoint's
 output) last, atomically: a crash leaves either no plan or a complete one.
+Everything else that can fail before the chunks start (the output directory)
+is done before the transaction, so a failed plan leaves the items as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .config import JobTypeSpec, seconds_to_time, time_to_seconds
 from .db import Database, require_batch
 from .db.batches import Batch
 from .db.bulk import copy_rows
+from .exceptions import ValidationError
 from .layout import RunLayout, chunk_id, sync_filesystem, write_atomic, write_unsynced
 from .ownership import database_id
 
@@ -112,6 +115,16 @@ def plan_run(
     output_dir = output_dir_for(config, batch, spec.name)
     # ties the run's files to this database: a work root may be shared (ownership.py)
     this_database = database_id(db)
+    # Before the items move: after the commit, a failure here would strand them in
+    # 'processing' (a base path that is a regular file did).
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(
+            f"batch {batch_id}: cannot create the output directory {output_dir}"
+            f" ({exc.strerror or exc}); base path {batch.base_path!r} must be a writable directory",
+            {"batch_id": batch_id, "output_dir": str(output_dir)},
+        ) from None
     statuses = statuses_needing_work(retry_failed)
     ps = db.table("process_status")
     with db.transaction() as cur:
@@ -213,7 +226,6 @@ def plan_run(
         }
         # Inside the transaction: if writing the plan fails, nothing is committed.
         write_atomic(layout.plan, json.dumps(plan, indent=1))
-    output_dir.mkdir(parents=True, exist_ok=True)
     log.info("planned run %s: %d items in %d chunks", layout.run_id, len(rows), len(chunks))
     return plan
 

@@ -29,7 +29,7 @@ from .db import Database
 from .exceptions import RunConflictError
 from .layout import BatchLayout, RunLayout
 from .ownership import check_run, warn_foreign
-from .sync import close_dead_run, finish_run, reconcile_run, run_state
+from .sync import close_dead_run, finish_run, reconcile_run, release_unstarted_items, run_state
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,43 @@ def recover_dead_runs(
             log.warning("stopped %d processes left by dead run %s", stopped, run_id)
         if run.plan.exists():
             reconcile_run(db, run, run_over=True, interrupted=True)
+        else:  # died between committing its plan and keeping plan.json
+            release_unstarted_items(db, run_id)
         close_dead_run(db, run_id)
         recovered.append(run_id)
+    if stranded := release_stranded_items(db, batch_id):
+        log.warning(
+            "batch %d: %d items left in 'processing' by ended runs are pending again", batch_id, stranded
+        )
     return recovered
+
+
+def release_stranded_items(db: Database, batch_id: int) -> int:
+    """Items in 'processing' that no run can finish any more go back to 'pending'.
+
+    Such an item was planned by a run of ecod-jobs (a job row with a run id) that
+    has ended, and nothing else holds it: no job item of a run still 'running'
+    (of any job type), and none of a job submitted through the Python job managers
+    (no run id), which their own ``check_all_jobs`` settles. Older versions left
+    items so when a plan failed after its commit.
+    """
+    rows = db.query(
+        sql.SQL(
+            "UPDATE {ps} ps SET status = 'pending', updated_at = now(),"
+            " error_message = 'interrupted: its run ended without settling it'"
+            " WHERE ps.batch_id = %(batch)s AND ps.status = 'processing'"
+            " AND EXISTS (SELECT 1 FROM {ji} ji JOIN {job} j ON j.id = ji.job_id"
+            "   WHERE ji.process_id = ps.id AND j.run_id IS NOT NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM {ji} ji JOIN {job} j ON j.id = ji.job_id"
+            "   LEFT JOIN {run} r ON r.run_id = j.run_id WHERE ji.process_id = ps.id"
+            "   AND (r.status = 'running' OR (j.run_id IS NULL AND j.status = 'submitted')))"
+            " RETURNING ps.id"
+        ).format(
+            ps=db.table("process_status"),
+            ji=db.table("job_item"),
+            job=db.table("job"),
+            run=db.table("ecod_jobs_run"),
+        ),
+        {"batch": batch_id},
+    )
+    return len(rows)

@@ -13,9 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,15 +218,22 @@ def run_batch(
             start_new_session=True,
         )
         try:
-            while proc.poll() is None:
-                if progress is not None and not dry_run:
-                    # progress is cosmetic; never let it stop the run
-                    with contextlib.suppress(Exception):
-                        progress(status_counts(db, batch_id, run_id), pending)
-                time.sleep(1.0)
+            with _stop_signals_interrupt():
+                while proc.poll() is None:
+                    if progress is not None and not dry_run:
+                        # progress is cosmetic; never let it stop the run
+                        with contextlib.suppress(Exception):
+                            progress(status_counts(db, batch_id, run_id), pending)
+                    time.sleep(1.0)
         except KeyboardInterrupt:
-            interrupt(proc.pid)  # Snakemake cancels its SLURM jobs on SIGINT
-            proc.wait()
+            # Ctrl-C, SIGTERM (timeout, a reaped login session) or SIGHUP: stop the
+            # workflow as Ctrl-C does, within bounds, then settle what it left behind.
+            with _signals_ignored():
+                how = describe_stop(stop_workflow(proc.pid))
+                proc.wait()
+                print(f"ecod-jobs: run {run_id}: stopped the workflow {how}", file=sys.stderr)
+                if not dry_run:
+                    _settle_stopped(db, config, batch_id, spec.name)
             raise
         finally:
             if not dry_run:
@@ -264,6 +272,129 @@ def run_batch(
         planned_items=pending,
         log_path=log_path,
     )
+
+
+class Stopped(KeyboardInterrupt):
+    """``ecod-jobs run`` was told to stop by a signal other than Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does (only the main thread can handle signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM must not cut short the bounded stop and its settling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _settle_stopped(db: Database, config: Mapping[str, Any], batch_id: int, job_type: str) -> None:
+    """After a stop that Snakemake did not finish itself (it was killed, or died before its
+    onerror): settle the run as recovery settles a dead one (its SLURM jobs cancelled,
+    chunk processes stopped, results recorded, items handed back, run closed)."""
+    from .recovery import recover_dead_runs
+
+    with contextlib.suppress(DatabaseError):  # when the database is away, the next run does it
+        # no run is excluded: the stopped run is one of the dead ones now
+        recover_dead_runs(db, config, batch_id, job_type, str(uuid.uuid4()))
+
+
+def _is_snakemake(pid: int) -> bool:
+    """The recorded pid is still the run's Snakemake, not a process that reused the pid."""
+    try:
+        return b"snakemake" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc to tell: trust the pid
+        return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process of the group lives (zombies awaiting their reaper do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
+    (signal.SIGINT, 30),  # as Ctrl-C: Snakemake cancels its SLURM jobs and runs onerror
+    (signal.SIGTERM, 10),
+    (signal.SIGKILL, 10),  # Snakemake waiting for missing outputs ignores both
+)
+
+
+def stop_workflow(pid: int, steps: tuple[tuple[signal.Signals, float], ...] = STOP_STEPS) -> list[str]:
+    """Stop a Snakemake process and, when it leads one, its whole process group (its local
+    jobs): each signal in turn, waiting its bounded time for everything to be gone.
+
+    Returns the signals sent, e.g. ``['SIGINT']``, or ``['SIGINT', 'SIGTERM', 'SIGKILL']``
+    when the first two were ignored; ``[]`` when it was already gone.
+    """
+    from .lease import pid_alive
+
+    try:
+        group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return []
+
+    def alive() -> bool:
+        return _group_alive(pid) if group else pid_alive(pid)
+
+    sent: list[str] = []
+    for sig, wait in steps:
+        if not alive():
+            break
+        try:
+            os.killpg(pid, sig) if group else os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        sent.append(sig.name)
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return sent
+
+
+def describe_stop(sent: list[str]) -> str:
+    """``with SIGINT``; ``with SIGKILL after SIGINT and SIGTERM were ignored``."""
+    if not sent:
+        return "already gone"
+    if len(sent) == 1:
+        return f"with {sent[0]}"
+    return f"with {sent[-1]} after {' and '.join(sent[:-1])} {'was' if len(sent) == 2 else 'were'} ignored"
 
 
 def interrupt(pid: int) -> bool:
@@ -319,11 +450,24 @@ def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[s
 
 
 def cancel_batch(
-    db: Database, config: Mapping[str, Any], batch_id: int, wait_seconds: float = 60
+    db: Database,
+    config: Mapping[str, Any],
+    batch_id: int,
+    stop_steps: tuple[tuple[signal.Signals, float], ...] = STOP_STEPS,
 ) -> dict[str, Any]:
-    """Stop the batch's live runs (SIGINT: Snakemake scancels its jobs), cancel stray jobs, record it."""
+    """Stop the batch's live runs and everything of them, then record it.
+
+    Each run's Snakemake (on this host) is stopped with :func:`stop_workflow`:
+    SIGINT (Snakemake scancels its jobs), then SIGTERM, then SIGKILL of its whole
+    process group, each after a bounded wait. Only then, so that nothing resubmits
+    them, every SLURM job of the batch's runs still queued or running is cancelled
+    and waited for, chunk processes still holding their locks are stopped, the
+    results are recorded, and the runs' leases are released.
+    """
     from . import slurm_cli
-    from .recovery import live_slurm_jobs
+    from .lease import release
+    from .recovery import _wait_gone, live_slurm_jobs, stop_chunk_processes
+    from .sync import release_unstarted_items, run_state
 
     require_batch(db, batch_id)
     runs = db.query(
@@ -333,49 +477,64 @@ def cancel_batch(
         (batch_id,),
     )
     here = socket.gethostname()
-    signalled = []
-    for run_id, host, pid, _job_type in runs:
-        if host == here and pid and interrupt(int(pid)):
-            signalled.append((str(run_id), int(pid)))
-    deadline = time.monotonic() + wait_seconds
-    for _run_id, pid in signalled:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-    # Jobs still queued or running: a run whose head node died cancelled nothing, and
-    # Snakemake's Ctrl-C can miss array tasks it was still submitting. Found by job
-    # row, attempt file and, for tasks that have not started, the run's job names.
+    stopped: dict[str, str] = {}  # run id -> how it was stopped
+    elsewhere: list[str] = []  # live runs on other hosts: they cannot be signalled from here
+    settle = []
+    for run_id, host, pid, job_type in runs:
+        run_id = str(run_id)
+        if host == here and pid and _is_snakemake(int(pid)):
+            sent = stop_workflow(int(pid), stop_steps)
+            if sent:
+                stopped[run_id] = describe_stop(sent)
+        elif run_state(db, run_id) == "alive":
+            elsewhere.append(f"{run_id} on {host} (pid {pid})")
+            continue
+        settle.append((run_id, job_type))
+    # Jobs still queued or running: a run whose head node died cancelled nothing,
+    # Snakemake's Ctrl-C can miss array tasks it was still submitting, and a killed
+    # Snakemake cancelled nothing. Found by job row, attempt file and job-name prefix.
     found = {
         str(r[0])
         for r in db.query(
             sql.SQL(
                 "SELECT DISTINCT slurm_job_id FROM {} WHERE batch_id = %s AND status = 'submitted'"
-                " AND slurm_job_id IS NOT NULL"
+                " AND slurm_job_id IS NOT NULL AND (run_id IS NULL OR NOT run_id::text = ANY(%s))"
             ).format(db.table("job")),
-            (batch_id,),
+            (batch_id, [e.split()[0] for e in elsewhere]),
         )
     }
     work_root = config["pipeline"]["work_root"]
-    for run_id, _host, _pid, job_type in runs:
-        found.update(live_slurm_jobs(db, BatchLayout.create(work_root, batch_id, job_type).run(str(run_id))))
+    layouts = {r: BatchLayout.create(work_root, batch_id, t).run(r) for r, t in settle}
+    for layout in layouts.values():
+        found.update(live_slurm_jobs(db, layout))
     live = sorted(found)
     scancelled = []
     if live and slurm_cli.available("scancel"):
         slurm_cli.scancel(live)
+        _wait_gone(live)  # scancel is asynchronous: nothing of the runs is queued after cancel
         scancelled = live
-    db.query(
-        sql.SQL(
-            "UPDATE {} SET status = 'cancelled', ended_at = coalesce(ended_at, now()),"
-            " message = 'cancelled with ecod-jobs cancel'"
-            " WHERE batch_id = %s AND (status = 'running' OR run_id::text = ANY(%s))"
-        ).format(db.table("ecod_jobs_run")),
-        (batch_id, [r for r, _ in signalled]),
-    )
+    for run_id, layout in layouts.items():
+        stop_chunk_processes(layout)  # read the files only once nothing can write them
+        if not layout.plan.exists():
+            release_unstarted_items(db, run_id)
+        how = f"; stopped {stopped[run_id]}" if run_id in stopped else ""
+        db.query(
+            sql.SQL(
+                "UPDATE {} SET status = 'cancelled', ended_at = coalesce(ended_at, now()), message = %s"
+                " WHERE run_id = %s"
+            ).format(db.table("ecod_jobs_run")),
+            (f"cancelled with ecod-jobs cancel{how}", run_id),
+        )
     report = sync_batch(db, config, batch_id)
-    return {"signalled_runs": [r for r, _ in signalled], "scancelled": scancelled, **report}
+    for run_id in layouts:
+        release(db, run_id)
+    return {
+        "signalled_runs": list(stopped),
+        "stopped": stopped,
+        "not_stopped": elsewhere,
+        "scancelled": scancelled,
+        **report,
+    }
 
 
 __all__ = ["BatchResult", "batch_status", "cancel_batch", "run_batch"]

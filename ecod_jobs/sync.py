@@ -464,15 +464,22 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
     """Reconcile a run that ended and close its run row; returns the reconcile summary and message."""
     from .db import status_counts
 
-    if not run.plan.exists():  # failed before planning
+    if not run.plan.exists():  # failed before planning, or its plan.json was removed
         message = "the run ended before it was planned"
+        if handed_back := release_unstarted_items(db, run.run_id):
+            message += f"; its {handed_back} items are pending again"
         finish_run_row(db, run.run_id, "error", message)
         return {"chunks": 0, "settled": 0, "message": message}
-    summary: dict[str, Any] = dict(reconcile_run(db, run, run_over=True))
+    # A run that failed before any chunk started (no attempt file) did nothing to its
+    # items: they go back to 'pending', as a dead run's do, instead of 'error'.
+    unstarted = not success and not run.attempts_by_chunk()
+    summary: dict[str, Any] = dict(reconcile_run(db, run, run_over=True, interrupted=unstarted))
     by_status = status_counts(db, batch_id, run.run_id)
     failed_items = by_status.get("error", 0)
     status = "success" if success and not failed_items else "error"
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
+    if unstarted:
+        message = f"the run ended before any chunk started; its {summary['chunks']} chunks' items are pending"
     misrouted = next(
         filter(None, (run.misrouted_reason(c["chunk_id"]) for c in run.read_plan()["chunks"])), None
     )
@@ -550,3 +557,37 @@ def close_dead_run(db: Database, run_id: str) -> None:
         ).format(db.table("ecod_jobs_run")),
         (run_id,),
     )
+
+
+def release_unstarted_items(db: Database, run_id: str) -> int:
+    """Hand back the items a run took without a plan file to run them by: its plan
+    committed but ``plan.json`` is gone (Snakemake deletes a failed checkpoint's
+    output). Its items go back to ``pending``, its jobs and job items to ``failed``.
+    Returns the number of items handed back."""
+    with db.transaction() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {ps} ps SET status = 'pending', updated_at = now(),"
+                " error_message = 'interrupted: run ' || %(run)s || ' ended before its chunks started'"
+                " FROM {ji} ji JOIN {job} j ON j.id = ji.job_id"
+                " WHERE j.run_id = %(run)s AND ji.process_id = ps.id AND ps.status = 'processing'"
+            ).format(ps=db.table("process_status"), ji=db.table("job_item"), job=db.table("job")),
+            {"run": run_id},
+        )
+        handed_back = cur.rowcount
+        cur.execute(
+            sql.SQL(
+                "UPDATE {ji} ji SET status = 'failed', error_text = 'the run ended before its chunks started'"
+                " FROM {job} j WHERE j.id = ji.job_id AND j.run_id = %(run)s AND ji.status = 'pending'"
+            ).format(ji=db.table("job_item"), job=db.table("job")),
+            {"run": run_id},
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'failed', completion_time = now(), updated_at = now(),"
+                " error_text = 'the run ended before its chunks started'"
+                " WHERE run_id = %s AND status = 'submitted'"
+            ).format(db.table("job")),
+            (run_id,),
+        )
+    return int(handed_back)

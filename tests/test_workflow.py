@@ -341,8 +341,10 @@ def test_cancel_stops_a_live_run_and_records_it(
     runner.join(timeout=90)
     assert not runner.is_alive() and time.monotonic() - started < 60, "the run stopped well before sleep 60"
     assert q(pg_conn, "SELECT status, message FROM ecod_schema.ecod_jobs_run") == [
-        ("cancelled", "cancelled with ecod-jobs cancel")
+        ("cancelled", "cancelled with ecod-jobs cancel; stopped with SIGINT")
     ]
+    assert "stopped run " in cancelled.stdout and " with SIGINT" in cancelled.stdout
+    assert q(pg_conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_lease") == [(0,)]
     assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.process_status") == [("error",)]
     assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.job") == [("failed",)]
     assert not list(tmp_path.glob("**/*.out")), "no item finished"
