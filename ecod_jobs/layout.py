@@ -112,6 +112,13 @@ class RunLayout:
         """Written by a runner that refused to run another chunk than its task's (see runner.check_task)."""
         return self.dir / "results" / f"{chunk}.misrouted.json"
 
+    def misrouted_reasons(self) -> list[str]:
+        """The refusal records of every chunk of the run (see :meth:`misrouted`)."""
+        return [
+            str(_read_meta(path).get("error") or path.name)
+            for path in sorted((self.dir / "results").glob("*.misrouted.json"))
+        ]
+
     def misrouted_reason(self, chunk: str) -> str | None:
         """Why ``chunk`` ran (or was refused) as another chunk, or None: the runner's refusal
         record, or a result file whose records name another chunk."""

@@ -480,11 +480,8 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
     if unstarted:
         message = f"the run ended before any chunk started; its {summary['chunks']} chunks' items are pending"
-    misrouted = next(
-        filter(None, (run.misrouted_reason(c["chunk_id"]) for c in run.read_plan()["chunks"])), None
-    )
-    if misrouted is not None:
-        status, message = "error", f"{message}; stopped: {misrouted}"
+    if misrouted := run.misrouted_reasons():
+        status, message = "error", f"{message}; stopped: {misrouted[0]}"
     finish_run_row(db, run.run_id, status, message)
     return {**summary, "message": message}
 

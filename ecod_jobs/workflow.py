@@ -269,8 +269,15 @@ class LiveRecorder:
         chunk = self.chunks.get(jobid)
         if chunk is None or self.plan() is None:
             return
-        misrouted = self.ctx.run.misrouted_reason(chunk)
+        # A refusing runner exits non-zero and leaves its record under the chunk its task
+        # was submitted for, which need not be the chunk whose job failed: look at all.
+        misrouted = self.ctx.run.misrouted_reason(chunk) or (
+            next(iter(self.ctx.run.misrouted_reasons()), None) if failed else None
+        )
         if misrouted is not None and not self.stopping:
+            if not self.ctx.run.misrouted(chunk).exists() and not failed:
+                # its result file names another chunk: keep that on record for the run's end
+                write_atomic(self.ctx.run.misrouted(chunk), json.dumps({"error": misrouted}))
             # Never wait on it (its items would sit in 'processing' while Snakemake retries
             # a broken submission): stop the run; its end records the chunk's items failed.
             self.stopping = True

@@ -13,62 +13,19 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import REPO, connect_scratch, create_batch, q, run_cli, start_cli, write_config
-
-from ecod_jobs.runs import run_batch
-
-# Fails for items whose marker file exists: lets a test "fix" items between runs.
-COMMAND = (
-    "test ! -e {output_dir}/fail_{item_id} || {{ echo 'marked to fail' >&2; exit 7; }};"
-    " echo done {item_id} > {output_dir}/{item_id}.out"
+from helpers import (
+    REPO,
+    assert_each_item_once,
+    connect_scratch,
+    create_batch,
+    q,
+    run_cli,
+    setup_batch,
+    start_cli,
+    write_config,
 )
 
-
-def setup_batch(
-    tmp_path: Path,
-    scratch_db: dict[str, Any],
-    n: int = 14,
-    batch_size: int = 4,
-    command: str = COMMAND,
-    extra: dict[str, Any] | None = None,
-) -> tuple[Path, int]:
-    """A config file, n input files (item 3 has no input file) and a registered batch."""
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    lines = ["path\tprotein_id"]
-    for i in range(1, n + 1):
-        name = f"chain {i}.fa"  # spaces: reach the command as one argument
-        if i != 3:
-            (data / name).write_text(f">p{i}\nMKV\n")
-        lines.append(f"data/{name}\t{i}")
-    (tmp_path / "items.tsv").write_text("\n".join(lines) + "\n")
-    cfg = {
-        "database": scratch_db,
-        "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
-        "job_types": {
-            "echo": {
-                "command": command,
-                "batch_size": batch_size,
-                "memory": "1G",
-                "time": "00:05:00",
-                "stage": "echo_complete",
-            }
-        },
-        **(extra or {}),
-    }
-    path = write_config(tmp_path / "config.yml", cfg)
-    return path, create_batch(path, tmp_path / "items.tsv", "wf", tmp_path)
-
-
-def assert_each_item_once(conn: Any, run_id: str, expected: set[int]) -> None:
-    rows = q(
-        conn,
-        "SELECT ji.process_id FROM ecod_schema.job_item ji JOIN ecod_schema.job j"
-        " ON j.id = ji.job_id WHERE j.run_id = %s",
-        run_id,
-    )
-    ids = [r[0] for r in rows]
-    assert sorted(ids) == sorted(expected), "every planned item has exactly one job_item in the run"
+from ecod_jobs.runs import run_batch
 
 
 def test_local_run_records_every_item_once(

@@ -29,11 +29,14 @@ pytestmark = pytest.mark.slow
 DELETER = """
 import glob, os, re, subprocess, sys, time
 if sys.argv[1] == "--spawn":
-    if not os.path.exists(sys.argv[3]):
-        null = subprocess.DEVNULL
-        proc = subprocess.Popen([sys.executable, __file__, sys.argv[2]], start_new_session=True,
-                                stdin=null, stdout=null, stderr=null)
-        open(sys.argv[3], "w").write(str(proc.pid))
+    try:  # O_EXCL: of two items starting at once, one spawns the deleter (and records it)
+        fd = os.open(sys.argv[3], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        sys.exit(0)
+    null = subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, __file__, sys.argv[2]], start_new_session=True,
+                            stdin=null, stdout=null, stderr=null)
+    os.write(fd, str(proc.pid).encode())
     sys.exit(0)
 deadline = time.time() + 600
 while time.time() < deadline:
@@ -130,7 +133,7 @@ def stop_stuck(head: subprocess.Popen[str], pid_file: Path) -> None:
             if b"snakemake" in cmdline.read_bytes() and config_arg in cmdline.read_bytes():
                 os.killpg(int(cmdline.parent.name), signal.SIGKILL)
     if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 

@@ -1,0 +1,152 @@
+"""ecod-jobs' own SLURM arrays without a cluster: task scripts, the throttle budget, the task check."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ecod_jobs.layout import RunLayout
+from ecod_jobs.runner import check_task, run_chunk
+from ecod_jobs.slurm_arrays import (
+    ArrayBudget,
+    array_spec,
+    dispatcher_script,
+    task_script,
+    tasks_by_array,
+    write_task_scripts,
+)
+
+
+def test_each_task_runs_its_own_script(tmp_path: Path) -> None:
+    """The dispatcher runs tasks/$SLURM_ARRAY_TASK_ID.sh, whatever the array's size."""
+    task_dir = tmp_path / "tasks dir"  # a space: quoted
+    scripts = [
+        task_script(
+            f"echo ran $ECOD_JOBS_TASK_CHUNK > {tmp_path}/out-{i}",
+            rule="chunk",
+            wildcards={"run": "r1", "chunk": f"c{i:05d}"},
+            workdir=str(tmp_path),
+            make_dirs=[str(tmp_path / "made" / "here")],
+        )
+        for i in range(1, 1201)
+    ]
+    write_task_scripts(task_dir, scripts)
+    dispatcher = tmp_path / "dispatch.sh"
+    dispatcher.write_text(dispatcher_script(task_dir))
+    assert len(dispatcher_script(task_dir)) < 300, "the batch script does not grow with the array"
+    for task in (1, 2, 777, 1200):
+        subprocess.run(["/bin/sh", str(dispatcher)], env={"SLURM_ARRAY_TASK_ID": str(task)}, check=True)
+        assert (tmp_path / f"out-{task}").read_text() == f"ran c{task:05d}\n"
+    assert (tmp_path / "made" / "here").is_dir()
+    missing = subprocess.run(["/bin/sh", str(dispatcher)], env={"SLURM_ARRAY_TASK_ID": "1201"})
+    assert missing.returncode != 0, "a task without its script fails rather than running another"
+
+
+def test_direct_task_stops_at_the_first_failure(tmp_path: Path) -> None:
+    script = tmp_path / "t.sh"
+    script.write_text(
+        task_script("false | true; echo after > out", rule="r", wildcards={}, workdir=str(tmp_path))
+    )
+    assert subprocess.run(["bash", str(script)]).returncode != 0, "pipefail, as Snakemake's shell"
+    assert not (tmp_path / "out").exists()
+    wrapped = task_script(
+        "snakemake --target-jobs x", rule="r", wildcards={"a": "1"}, workdir="/w", direct=False
+    )
+    assert wrapped.splitlines()[-1] == "exec snakemake --target-jobs x"
+
+
+def test_array_spec() -> None:
+    assert array_spec(150, 0) == "1-150"
+    assert array_spec(150, 20) == "1-150%20"
+
+
+def test_tasks_by_array() -> None:
+    assert tasks_by_array(["7_1", "7_3", "9_2", "12"]) == {"7": 2, "9": 1}
+
+
+def test_budget_shares_the_limit_among_arrays() -> None:
+    budget = ArrayBudget(limit=10)
+    assert budget.admit(6) == (6, False)
+    budget.submitted("a", 6, 6, False)
+    assert budget.admit(8) == (4, False)
+    budget.submitted("b", 8, 4, False)
+    assert budget.admit(3) == (0, True), "nothing free: submitted held"
+    budget.submitted("c", 3, 0, True)
+    # a's tasks drain: its throttle shrinks to what is left, the rest goes to b, then c
+    changes = budget.rebalance({"a": 2, "b": 8, "c": 3})
+    assert [(c.array_id, c.throttle, c.release) for c in changes] == [("b", 8, False)]
+    changes = budget.rebalance({"a": 0, "b": 5, "c": 3})
+    assert [(c.array_id, c.throttle, c.release) for c in changes] == [("c", 3, True)]
+    assert set(budget.arrays) == {"b", "c"}
+
+
+def test_budget_never_exceeds_its_limit() -> None:
+    """Random submissions and drains: the throttles (each array's running tasks can never
+    exceed its throttle) never add up to more than the limit, and every array finishes."""
+    rng = random.Random(12)
+    for limit in (1, 3, 50):
+        budget = ArrayBudget(limit=limit)
+        left: dict[str, int] = {}
+        ids = itertools.count()
+        for _step in range(400):
+            if rng.random() < 0.2:
+                tasks = rng.randint(1, 80)
+                throttle, held = budget.admit(tasks)
+                array_id = str(next(ids))
+                budget.submitted(array_id, tasks, throttle, held)
+                left[array_id] = tasks
+            # running tasks of an array are at most its throttle; some of them end
+            for array_id, array in list(budget.arrays.items()):
+                left[array_id] -= rng.randint(0, min(array.throttle, left[array_id]))
+            budget.rebalance({a: left[a] for a in budget.arrays})
+            assert sum(a.throttle for a in budget.arrays.values()) <= limit
+            assert all(a.throttle >= 1 or a.held for a in budget.arrays.values())
+        for _drain in range(10_000):
+            if not budget.arrays:
+                break
+            for array_id, array in list(budget.arrays.items()):
+                left[array_id] -= min(array.throttle, left[array_id])
+            budget.rebalance({a: left[a] for a in budget.arrays})
+        assert not budget.arrays, "held arrays are released and every array drains"
+
+
+def test_unlimited_budget_never_throttles() -> None:
+    budget = ArrayBudget(limit=0)
+    assert budget.admit(5000) == (0, False)
+    budget.submitted("a", 5000, 0, False)
+    assert budget.rebalance({"a": 10}) == [] and not budget.arrays
+
+
+@pytest.mark.parametrize(
+    ("environ", "refused"),
+    [
+        ({}, False),
+        ({"ECOD_JOBS_TASK_CHUNK": "c00002", "ECOD_JOBS_TASK_RUN": "run1"}, False),
+        ({"ECOD_JOBS_TASK_CHUNK": "c00001"}, True),
+        ({"ECOD_JOBS_TASK_CHUNK": "c00002", "ECOD_JOBS_TASK_RUN": "run0"}, True),
+    ],
+)
+def test_check_task(environ: dict[str, str], refused: bool) -> None:
+    reason = check_task({**environ, "SLURM_JOB_ID": "5"}, "run1", "c00002")
+    assert (reason is not None) == refused
+    if refused:
+        assert "was told to run chunk c00002 of run run1" in str(reason)
+
+
+def test_runner_refuses_another_chunk_and_leaves_a_record(tmp_path: Path) -> None:
+    """A task submitted for c00001 but told to run c00000 runs nothing and says why."""
+    run = RunLayout(tmp_path / "run1", "run1")
+    run.manifest("c00000").parent.mkdir(parents=True)
+    run.manifest("c00000").write_text(json.dumps({"process_id": 1, "path": "/x"}) + "\n")
+    run.plan.write_text(json.dumps({"chunks": [{"chunk_id": "c00000", "items": 1}], "command": "touch ran"}))
+    environ = {"ECOD_JOBS_TASK_CHUNK": "c00001", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "2"}
+    assert run_chunk(run.dir, "c00000", environ) == 4
+    assert not run.result("c00000").exists() and not run.attempts("c00000")
+    reason = run.misrouted_reason("c00001")
+    assert reason and "SLURM task 9_2 was submitted for chunk c00001" in reason
+    assert run.misrouted_reasons() == [reason]
