@@ -64,10 +64,11 @@ def check_task(environ: Mapping[str, str], run_id: str, chunk: str) -> str | Non
     """
     want_chunk, want_run = environ.get("ECOD_JOBS_TASK_CHUNK"), environ.get("ECOD_JOBS_TASK_RUN")
     if (want_chunk and want_chunk != chunk) or (want_run and want_run != run_id):
-        task = scheduler_ids(environ)["slurm_job_id"] or "?"
+        task = scheduler_ids(environ)["slurm_job_id"]
         return (
-            f"SLURM task {task} was submitted for chunk {want_chunk} of run {want_run} but was told to run"
-            f" chunk {chunk} of run {run_id}: the array submission is broken"
+            f"{f'SLURM task {task}' if task else 'a task'} was submitted for chunk {want_chunk or chunk}"
+            f"{f' of run {want_run}' if want_run else ''} but was told to run chunk {chunk} of run {run_id}:"
+            " the array submission is broken"
         )
     return None
 

@@ -65,14 +65,17 @@ def _throttle_limit(workflow: Any) -> int:
 
 
 class Executor(SlurmExecutor):
-    def __post_init__(self, test_mode: bool = False) -> None:
-        # Before the plugin's own set-up: the status thread is already running and may
-        # poll (with nothing to check yet) while that set-up calls sacctmgr and scontrol.
-        self.budget = ArrayBudget(_throttle_limit(self.workflow))
+    def __init__(self, workflow: Any, logger: Any) -> None:
+        # Before the base class's __init__: it starts the status thread, which polls at
+        # once (and dies, hanging the run, on any error) before __post_init__ has run.
+        self.budget = ArrayBudget(_throttle_limit(workflow))
         self._budget_lock = threading.Lock()
         self._submissions = itertools.count(1)
         self._account_args: dict[str, str] = {}
         self.task_dirs: list[Path] = []
+        super().__init__(workflow, logger)
+
+    def __post_init__(self, test_mode: bool = False) -> None:
         super().__post_init__(test_mode)
         self.logger.info(
             f"ecod-slurm: job arrays with their own task scripts; at most {self.budget.limit or 'any'}"
@@ -204,10 +207,13 @@ class Executor(SlurmExecutor):
             still.append(job_info)
             yield job_info
         if self.budget.limit:
-            self._rebalance(
-                seen=tasks_by_array(j.external_jobid for j in active_jobs),
-                remaining=tasks_by_array(j.external_jobid for j in still),
-            )
+            try:  # an exception here would end the status thread, and the run would hang
+                self._rebalance(
+                    seen=tasks_by_array(j.external_jobid for j in active_jobs),
+                    remaining=tasks_by_array(j.external_jobid for j in still),
+                )
+            except Exception as exc:
+                self.logger.error(f"ecod-slurm: updating array throttles failed: {exc}")
 
     def _rebalance(self, seen: dict[str, int], remaining: dict[str, int]) -> None:
         with self._budget_lock:

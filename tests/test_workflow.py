@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,6 @@ from helpers import (
     q,
     run_cli,
     setup_batch,
-    start_cli,
     write_config,
 )
 
@@ -305,41 +302,3 @@ def test_cancel_stops_a_live_run_and_records_it(
     assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.process_status") == [("error",)]
     assert q(pg_conn, "SELECT DISTINCT status FROM ecod_schema.job") == [("failed",)]
     assert not list(tmp_path.glob("**/*.out")), "no item finished"
-
-
-@pytest.mark.slurm
-def test_slurm_queues_every_chunk_of_a_large_run(
-    tmp_path: Path, scratch_db: dict[str, Any], slurm_cluster: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """120 chunks all reach SLURM as arrays. (With the old 50-jobs-per-second profile the
-    plugin's array mode dropped rounds of 50 and the run waited forever: plugin #473.)"""
-    monkeypatch.chdir(tmp_path)
-    cfg, batch = setup_batch(tmp_path, scratch_db, n=120, batch_size=1, command="sleep 120")
-
-    def slurm_tasks() -> dict[str, str]:
-        """Every task SLURM knows, finished ones too: task id -> array job id."""
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%F"], capture_output=True, text=True, check=True
-        ).stdout
-        return dict(line.split("|") for line in out.splitlines())
-
-    before = slurm_tasks()
-    proc = start_cli("--config", str(cfg), "run", "--batch", str(batch), "--profile", "slurm", cwd=tmp_path)
-    tasks: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            tasks = [array for task, array in slurm_tasks().items() if task not in before]
-            if len(tasks) >= 120:
-                break
-            time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGINT)  # Snakemake cancels its SLURM jobs on Ctrl-C
-        proc.communicate(timeout=120)
-        # ... but not always all of an array still being submitted: cancel what is left,
-        # or its 120 tasks hold the one node for half an hour after the test.
-        left = {array for task, array in slurm_tasks().items() if task not in before}
-        if left:
-            subprocess.run(["scancel", *sorted(left)], check=False)
-    assert len(tasks) == 120, f"only {len(tasks)} of 120 chunks were ever queued"
-    assert len(set(tasks)) == 1, "one array (the array limit is 500)"
