@@ -66,8 +66,12 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
         out = subprocess.run(
             ["squeue", "--me", "-h", "-o", "%i|%j"], capture_output=True, text=True, check=False
         ).stdout
+        # pending array tasks are listed as one entry, "123_[4-9%2]", which scancel does not
+        # take: cancel the array (all of its tasks are this run's)
         ids.update(
-            i for i, _, name in (line.partition("|") for line in out.splitlines()) if name.startswith(prefix)
+            i.split("_")[0] if "[" in i else i
+            for i, _, name in (line.partition("|") for line in out.splitlines())
+            if name.startswith(prefix)
         )
     return sorted(ids)
 
@@ -146,7 +150,7 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
     return len(stopped)
 
 
-def _wait_gone(job_ids: list[str], timeout: float = 120) -> None:
+def wait_gone(job_ids: list[str], timeout: float = 120) -> None:
     """Wait until squeue lists none of the jobs as pending or running (scancel is asynchronous)."""
     bases = {j.split("_")[0] for j in job_ids}
     deadline = time.monotonic() + timeout
@@ -161,18 +165,6 @@ def _wait_gone(job_ids: list[str], timeout: float = 120) -> None:
             return
         time.sleep(1)
     log.warning("cancelled jobs %s still listed by squeue after %.0f s", job_ids, timeout)
-
-
-def _hand_back_items(db: Database, run_id: str, batch_id: int) -> None:
-    """The dead run's items still in ``processing`` go back to ``pending``, from its rows alone
-    (its files cannot be read): the next run takes them up."""
-    db.query(
-        sql.SQL(
-            "UPDATE {} ps SET status = 'pending', updated_at = now() FROM {} ji JOIN {} j ON j.id = ji.job_id"
-            " WHERE j.run_id = %s AND ji.process_id = ps.id AND ps.batch_id = %s AND ps.status = 'processing'"
-        ).format(db.table("process_status"), db.table("job_item"), db.table("job")),
-        (run_id, batch_id),
-    )
 
 
 def recover_dead_runs(
@@ -201,7 +193,7 @@ def recover_dead_runs(
             warn_foreign(run, reason)
             if (stray := live_slurm_jobs(db, run)) and slurm_cli.available("scancel"):
                 slurm_cli.scancel(stray)
-            _hand_back_items(db, run_id, batch_id)
+            release_unstarted_items(db, run_id)
             close_dead_run(db, run_id)
             recovered.append(run_id)
             continue
@@ -214,7 +206,7 @@ def recover_dead_runs(
         if stray and slurm_cli.available("scancel"):
             log.warning("cancelling %d SLURM jobs left by dead run %s", len(stray), run_id)
             slurm_cli.scancel(stray)
-            _wait_gone(stray)
+            wait_gone(stray)
         # read the files only once nothing can write them any more
         if stopped := stop_chunk_processes(run):
             log.warning("stopped %d processes left by dead run %s", stopped, run_id)

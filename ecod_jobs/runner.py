@@ -57,14 +57,23 @@ def scheduler_ids(environ: Mapping[str, str]) -> dict[str, str | None]:
 def check_task(environ: Mapping[str, str], run_id: str, chunk: str) -> str | None:
     """None when this process may run ``chunk`` of ``run_id``; otherwise why not.
 
-    A SLURM array task of the ``ecod-slurm`` executor carries the wildcards it was
-    submitted for (``ECOD_JOBS_TASK_RUN``, ``ECOD_JOBS_TASK_CHUNK``). A task told to
-    run another chunk (the SLURM plugin 2.8.0's large arrays ran every task as the
-    first chunk) must not: it would run that chunk's items again and leave its own.
+    A SLURM array task of the ``ecod-slurm`` executor runs a script written for it,
+    which exports the task's index and the job's wildcards (``ECOD_JOBS_TASK_INDEX``,
+    ``ECOD_JOBS_TASK_RUN``, ``ECOD_JOBS_TASK_CHUNK``). A task that runs another task's
+    script, or a command for another chunk (the SLURM plugin 2.8.0's large arrays ran
+    every task as the first chunk), must not run: it would run that chunk's items
+    again and leave its own.
     """
+    ids = scheduler_ids(environ)
+    want_index, task_index = environ.get("ECOD_JOBS_TASK_INDEX"), ids["slurm_array_task_id"]
+    if want_index and task_index and want_index != task_index:
+        return (
+            f"SLURM task {ids['slurm_job_id']} ran the script of array task {want_index} (chunk {chunk}):"
+            " the array submission is broken"
+        )
     want_chunk, want_run = environ.get("ECOD_JOBS_TASK_CHUNK"), environ.get("ECOD_JOBS_TASK_RUN")
     if (want_chunk and want_chunk != chunk) or (want_run and want_run != run_id):
-        task = scheduler_ids(environ)["slurm_job_id"]
+        task = ids["slurm_job_id"]
         return (
             f"{f'SLURM task {task}' if task else 'a task'} was submitted for chunk {want_chunk or chunk}"
             f"{f' of run {want_run}' if want_run else ''} but was told to run chunk {chunk} of run {run_id}:"

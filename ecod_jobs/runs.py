@@ -337,18 +337,6 @@ def _is_snakemake(pid: int) -> bool:
         return True
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while any process of the group lives (zombies awaiting their reaper do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
 STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
     (signal.SIGINT, 30),  # as Ctrl-C: Snakemake cancels its SLURM jobs and runs onerror
     (signal.SIGTERM, 10),
@@ -364,6 +352,7 @@ def stop_workflow(pid: int, steps: tuple[tuple[signal.Signals, float], ...] = ST
     when the first two were ignored; ``[]`` when it was already gone.
     """
     from .lease import pid_alive
+    from .managers.local import group_alive
 
     try:
         group = os.getpgid(pid) == pid
@@ -371,7 +360,7 @@ def stop_workflow(pid: int, steps: tuple[tuple[signal.Signals, float], ...] = ST
         return []
 
     def alive() -> bool:
-        return _group_alive(pid) if group else pid_alive(pid)
+        return group_alive(pid) if group else pid_alive(pid)
 
     sent: list[str] = []
     for sig, wait in steps:
@@ -395,22 +384,6 @@ def describe_stop(sent: list[str]) -> str:
     if len(sent) == 1:
         return f"with {sent[0]}"
     return f"with {sent[-1]} after {' and '.join(sent[:-1])} {'was' if len(sent) == 2 else 'were'} ignored"
-
-
-def interrupt(pid: int) -> bool:
-    """Ctrl-C for a Snakemake process: SIGINT to its process group when it leads one.
-
-    Local jobs only stop when they get the signal too; SLURM jobs are cancelled by
-    Snakemake itself. Returns False when the process is gone.
-    """
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGINT)
-        else:
-            os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
@@ -466,7 +439,8 @@ def cancel_batch(
     """
     from . import slurm_cli
     from .lease import release
-    from .recovery import _wait_gone, live_slurm_jobs, stop_chunk_processes
+    from .ownership import check_run, warn_foreign
+    from .recovery import live_slurm_jobs, stop_chunk_processes, wait_gone
     from .sync import release_unstarted_items, run_state
 
     require_batch(db, batch_id)
@@ -486,7 +460,7 @@ def cancel_batch(
             sent = stop_workflow(int(pid), stop_steps)
             if sent:
                 stopped[run_id] = describe_stop(sent)
-        elif run_state(db, run_id) == "alive":
+        elif host != here and run_state(db, run_id) == "alive":
             elsewhere.append(f"{run_id} on {host} (pid {pid})")
             continue
         settle.append((run_id, job_type))
@@ -505,18 +479,25 @@ def cancel_batch(
     }
     work_root = config["pipeline"]["work_root"]
     layouts = {r: BatchLayout.create(work_root, batch_id, t).run(r) for r, t in settle}
+    foreign = set()
+    for run_id, layout in layouts.items():
+        if (reason := check_run(db, layout)) is not None:
+            warn_foreign(layout, reason)  # its files are another database's: read and stop nothing
+            foreign.add(run_id)
     for layout in layouts.values():
         found.update(live_slurm_jobs(db, layout))
     live = sorted(found)
     scancelled = []
     if live and slurm_cli.available("scancel"):
         slurm_cli.scancel(live)
-        _wait_gone(live)  # scancel is asynchronous: nothing of the runs is queued after cancel
+        wait_gone(live)  # scancel is asynchronous: nothing of the runs is queued after cancel
         scancelled = live
     for run_id, layout in layouts.items():
-        stop_chunk_processes(layout)  # read the files only once nothing can write them
-        if not layout.plan.exists():
+        if run_id in foreign or not layout.plan.exists():
+            # another database's files at its path, or no plan: its items from its rows alone
             release_unstarted_items(db, run_id)
+        else:
+            stop_chunk_processes(layout)  # read the files only once nothing can write them
         how = f"; stopped {stopped[run_id]}" if run_id in stopped else ""
         db.query(
             sql.SQL(

@@ -37,23 +37,25 @@ def dispatcher_script(task_dir: Path) -> str:
 def task_script(
     command: str,
     *,
+    index: int,
     rule: str,
     wildcards: Mapping[str, str],
     workdir: str,
     make_dirs: Iterable[str] = (),
-    direct: bool = True,
 ) -> str:
-    """One array task's script.
+    """Array task ``index``'s script: the rule's shell command, run as Snakemake runs a
+    shell rule (bash with ``set -euo pipefail``, output and log directories made first).
 
-    ``direct``: ``command`` is the rule's own shell command (run as Snakemake runs a
-    shell rule: bash with ``set -euo pipefail``, output and log directories made
-    first); otherwise it is Snakemake's job command line. The job's wildcards are
-    exported as ``ECOD_JOBS_TASK_<NAME>``, so that what runs can check it is the
-    job this task was submitted for (:func:`ecod_jobs.runner.check_task`).
+    The task's index and the job's wildcards are exported (``ECOD_JOBS_TASK_INDEX``,
+    ``ECOD_JOBS_TASK_<NAME>``), so that what runs can check it is the job this task
+    was submitted for (:func:`ecod_jobs.runner.check_task`).
     """
-    lines = ["#!/bin/bash", f"# rule {rule}: " + ", ".join(f"{k}={v}" for k, v in wildcards.items())]
-    if direct:
-        lines.append("set -euo pipefail")
+    lines = [
+        "#!/bin/bash",
+        f"# array task {index}, rule {rule}: " + ", ".join(f"{k}={v}" for k, v in wildcards.items()),
+        "set -euo pipefail",
+        f"export {TASK_ENV_PREFIX}INDEX={int(index)}",
+    ]
     for name, value in wildcards.items():
         if _IDENTIFIER.match(name):
             lines.append(f"export {TASK_ENV_PREFIX}{name.upper()}={shlex.quote(str(value))}")
@@ -61,7 +63,7 @@ def task_script(
     dirs = sorted({d for d in make_dirs if d})
     if dirs:
         lines.append("mkdir -p " + " ".join(shlex.quote(d) for d in dirs))
-    lines.append(command if direct else f"exec {command}")
+    lines.append(command)
     return "\n".join(lines) + "\n"
 
 
@@ -86,15 +88,16 @@ def array_spec(tasks: int, throttle: int) -> str:
 @dataclass
 class _Array:
     tasks: int
-    throttle: int  # SLURM's ArrayTaskThrottle; 0 while held
-    held: bool
+    throttle: int  # the share of the limit; SLURM's ArrayTaskThrottle once confirmed
+    held: bool  # submitted held and not yet released
 
 
 @dataclass
 class ThrottleChange:
     array_id: str
     throttle: int
-    release: bool  # the array was submitted held: release it after setting the throttle
+    previous: int
+    release: bool  # the array is held: release it after setting the throttle
 
 
 @dataclass
@@ -106,7 +109,9 @@ class ArrayBudget:
     new array gets what is free, or is submitted held when nothing is. As tasks end,
     an array's throttle shrinks to the tasks it has left (no more of its tasks can
     run, so that is no change for SLURM), and what that frees goes to the arrays
-    that want more, oldest first. ``limit`` 0 means no limit.
+    that want more, oldest first. A change counts once SLURM took it
+    (:meth:`confirm`); one it refused is undone (:meth:`undo`) and proposed again at
+    the next poll. ``limit`` 0 means no limit.
     """
 
     limit: int
@@ -126,7 +131,7 @@ class ArrayBudget:
             self.arrays[array_id] = _Array(tasks, 0 if held else throttle, held)
 
     def rebalance(self, remaining: Mapping[str, int]) -> list[ThrottleChange]:
-        """Given each array's tasks still queued or running, the throttles to raise."""
+        """Given each array's tasks still queued or running, the changes to make in SLURM."""
         for array_id in [a for a in self.arrays if remaining.get(a, 0) == 0]:
             del self.arrays[array_id]
         for array_id, array in self.arrays.items():
@@ -134,14 +139,21 @@ class ArrayBudget:
         free = self.limit - sum(a.throttle for a in self.arrays.values())
         changes = []
         for array_id, array in self.arrays.items():  # oldest first (insertion order)
-            give = min(remaining[array_id] - array.throttle, free)
-            if give <= 0:
+            give = max(0, min(remaining[array_id] - array.throttle, free))
+            if give == 0 and not (array.held and array.throttle):
                 continue
+            changes.append(ThrottleChange(array_id, array.throttle + give, array.throttle, array.held))
             array.throttle += give
             free -= give
-            changes.append(ThrottleChange(array_id, array.throttle, array.held))
-            array.held = False
         return changes
+
+    def confirm(self, change: ThrottleChange) -> None:
+        if change.release and change.array_id in self.arrays:
+            self.arrays[change.array_id].held = False
+
+    def undo(self, change: ThrottleChange) -> None:
+        if change.array_id in self.arrays:
+            self.arrays[change.array_id].throttle = change.previous
 
 
 def tasks_by_array(external_ids: Iterable[str]) -> dict[str, int]:

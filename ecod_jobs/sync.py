@@ -473,6 +473,8 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
     # A run that failed before any chunk started (no attempt file) did nothing to its
     # items: they go back to 'pending', as a dead run's do, instead of 'error'.
     unstarted = not success and not run.attempts_by_chunk()
+    if unstarted:
+        _cancel_queued(db, run)  # a task starting after its items were handed back would run them twice
     summary: dict[str, Any] = dict(reconcile_run(db, run, run_over=True, interrupted=unstarted))
     by_status = status_counts(db, batch_id, run.run_id)
     failed_items = by_status.get("error", 0)
@@ -484,6 +486,16 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
         status, message = "error", f"{message}; stopped: {misrouted[0]}"
     finish_run_row(db, run.run_id, status, message)
     return {**summary, "message": message}
+
+
+def _cancel_queued(db: Database, run: RunLayout) -> None:
+    """Cancel, and wait out, whatever SLURM still holds of ``run``."""
+    from . import slurm_cli
+    from .recovery import live_slurm_jobs, wait_gone
+
+    if (queued := live_slurm_jobs(db, run)) and slurm_cli.available("scancel"):
+        slurm_cli.scancel(queued)
+        wait_gone(queued)
 
 
 def run_state(db: Database, run_id: str) -> str:

@@ -15,11 +15,12 @@ plugin's own. What differs, for the rules named in ``array-jobs``:
   once across all its arrays (``%N`` per array, shared out by
   :class:`ecod_jobs.slurm_arrays.ArrayBudget`, raised with ``scontrol update``
   as arrays drain).
-- **Shell rules run directly.** A task of a plain shell rule runs the rule's
-  command itself, as the job step's Snakemake would, instead of starting
-  Snakemake twice (job step and its ``srun``), about 10 s of CPU per task. Rules
-  with conda, containers, environment modules, shadow directories or benchmarks
-  still go through Snakemake in the task.
+- **Tasks run the rule's command.** A task runs the rule's shell command itself,
+  as the job step's Snakemake would, instead of starting Snakemake twice (job
+  step and its ``srun``), about 10 s of CPU per task. Jobs that need Snakemake
+  in the task (conda, containers, environment modules, shadow directories,
+  benchmarks, ``run:`` or script rules, groups) are submitted as the plugin's
+  single jobs, never as its arrays.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ from ecod_jobs.slurm_arrays import (
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 
+def _runs_directly(job: JobExecutorInterface) -> bool:
+    """A plain shell rule: its task can run the command itself, as the job step's Snakemake would."""
+    return bool(
+        not job.is_group()
+        and job.is_shell
+        and not job.conda_env_spec
+        and not job.container_img_url
+        and not job.env_modules
+        and not getattr(job.rule, "shadow_depth", None)
+        and not job.benchmark
+    )
+
+
 def _throttle_limit(workflow: Any) -> int:
     """``slurm.array_limit`` of the ecod-jobs configuration the workflow runs with."""
     from ecod_jobs.config import load_config
@@ -62,6 +76,15 @@ def _throttle_limit(workflow: Any) -> int:
     smk_config = getattr(workflow, "config", None) or {}
     config = load_config(smk_config.get("ecod_config") or None)
     return int((config.get("slurm") or {}).get("array_limit") or 0)
+
+
+def _scontrol(command: list[str]) -> str | None:
+    """Run one scontrol command; None on success, else what went wrong."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{shlex.join(command)} failed: {exc}"
+    return None if done.returncode == 0 else f"{shlex.join(command)} failed: {done.stderr.strip()}"
 
 
 class Executor(SlurmExecutor):
@@ -72,6 +95,7 @@ class Executor(SlurmExecutor):
         self._budget_lock = threading.Lock()
         self._submissions = itertools.count(1)
         self._account_args: dict[str, str] = {}
+        self._seen: dict[str, set[str]] = {}  # array id -> its tasks Snakemake has polled
         self.task_dirs: list[Path] = []
         super().__init__(workflow, logger)
 
@@ -91,10 +115,12 @@ class Executor(SlurmExecutor):
         by_rule: dict[str, list[JobExecutorInterface]] = {}
         others = []
         for job in jobs:
-            if not job.is_group() and ("all" in self.array_jobs or job.rule.name in self.array_jobs):
-                by_rule.setdefault(job.rule.name, []).append(job)
-            else:
+            if "all" not in self.array_jobs and job.rule.name not in self.array_jobs:
                 others.append(job)
+            elif _runs_directly(job):
+                by_rule.setdefault(job.rule.name, []).append(job)
+            else:  # needs Snakemake in the task: the plugin's own single job, never its arrays
+                self._submit_job(job)
         if others:
             super().run_jobs(others)
         for same_rule in by_rule.values():
@@ -136,28 +162,20 @@ class Executor(SlurmExecutor):
         )
         return str(call + set_gres_string(job))
 
-    def _task_script(self, job: JobExecutorInterface) -> str:
-        wildcards = {str(k): str(v) for k, v in dict(job.wildcards or {}).items()}
-        direct = (
-            job.is_shell
-            and not job.conda_env_spec
-            and not job.container_img_url
-            and not job.env_modules
-            and not getattr(job.rule, "shadow_depth", None)
-            and not job.benchmark
+    def _task_script(self, job: JobExecutorInterface, index: int) -> str:
+        return task_script(
+            job.shellcmd,
+            index=index,
+            rule=job.name,
+            wildcards={str(k): str(v) for k, v in dict(job.wildcards or {}).items()},
+            workdir=str(self.workflow.workdir_init),
+            make_dirs=[str(Path(str(f)).parent) for f in (*job.output, *job.log)],
         )
-        workdir = str(self.workflow.workdir_init)
-        if not direct:
-            return task_script(
-                self.format_job_exec(job), rule=job.name, wildcards=wildcards, workdir=workdir, direct=False
-            )
-        dirs = [str(Path(str(f)).parent) for f in (*job.output, *job.log)]
-        return task_script(job.shellcmd, rule=job.name, wildcards=wildcards, workdir=workdir, make_dirs=dirs)
 
     def _submit_array(self, call: str, jobs: list[JobExecutorInterface]) -> None:
         rule_dir = self.slurm_logdir / f"rule_{jobs[0].name}"
         task_dir = rule_dir / "tasks" / f"{self.run_uuid}-{next(self._submissions)}"
-        write_task_scripts(task_dir, [self._task_script(job) for job in jobs])
+        write_task_scripts(task_dir, [self._task_script(job, i) for i, job in enumerate(jobs, start=1)])
         self.task_dirs.append(task_dir)
         with self._budget_lock:  # admit and record together: the two submit threads share it
             throttle, held = self.budget.admit(len(jobs))
@@ -208,34 +226,41 @@ class Executor(SlurmExecutor):
             yield job_info
         if self.budget.limit:
             try:  # an exception here would end the status thread, and the run would hang
-                self._rebalance(
-                    seen=tasks_by_array(j.external_jobid for j in active_jobs),
-                    remaining=tasks_by_array(j.external_jobid for j in still),
-                )
+                self._rebalance([j.external_jobid for j in active_jobs], [j.external_jobid for j in still])
             except Exception as exc:
                 self.logger.error(f"ecod-slurm: updating array throttles failed: {exc}")
 
-    def _rebalance(self, seen: dict[str, int], remaining: dict[str, int]) -> None:
+    def _rebalance(self, polled: list[str], still: list[str]) -> None:
+        """Share the run's throttle anew after a status poll of the tasks ``polled``."""
+        remaining = tasks_by_array(still)
         with self._budget_lock:
-            # arrays submitted since the last poll are not in `seen` yet: leave them as they are
-            counts = {
-                a: remaining.get(a, 0) if a in seen else arr.tasks for a, arr in self.budget.arrays.items()
-            }
+            for task in polled:
+                self._seen.setdefault(task.partition("_")[0], set()).add(task)
+            counts = {}
+            for array_id, array in self.budget.arrays.items():
+                # Tasks are registered with Snakemake one by one: until every task of an
+                # array has been in a poll, the ones not yet seen count as left to run.
+                seen = len(self._seen.get(array_id, ()))
+                counts[array_id] = remaining.get(array_id, 0) + (array.tasks - seen)
             changes = self.budget.rebalance(counts)
+            for array_id in set(self._seen) - set(self.budget.arrays):
+                del self._seen[array_id]
         for change in changes:
             commands = [
                 ["scontrol", "update", f"JobId={change.array_id}", f"ArrayTaskThrottle={change.throttle}"]
             ]
             if change.release:
                 commands.append(["scontrol", "release", change.array_id])
-            for command in commands:
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    self.logger.warning(f"ecod-slurm: {shlex.join(command)} failed: {done.stderr.strip()}")
-            self.logger.info(
-                f"ecod-slurm: array {change.array_id} may now run {change.throttle} tasks at once"
-                + (" (released)" if change.release else "")
-            )
+            failed = next(filter(None, map(_scontrol, commands)), None)
+            with self._budget_lock:
+                (self.budget.undo if failed else self.budget.confirm)(change)
+            if failed:
+                self.logger.warning(f"ecod-slurm: {failed}; trying again at the next status poll")
+            else:
+                self.logger.info(
+                    f"ecod-slurm: array {change.array_id} may now run {change.throttle} tasks at once"
+                    + (" (released)" if change.release else "")
+                )
 
     def shutdown(self) -> None:
         super().shutdown()

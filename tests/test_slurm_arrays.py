@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from ecod_jobs.layout import RunLayout
 from ecod_jobs.runner import check_task, run_chunk
@@ -27,7 +30,8 @@ def test_each_task_runs_its_own_script(tmp_path: Path) -> None:
     task_dir = tmp_path / "tasks dir"  # a space: quoted
     scripts = [
         task_script(
-            f"echo ran $ECOD_JOBS_TASK_CHUNK > {tmp_path}/out-{i}",
+            f"echo ran $ECOD_JOBS_TASK_CHUNK $ECOD_JOBS_TASK_INDEX > {tmp_path}/out-{i}",
+            index=i,
             rule="chunk",
             wildcards={"run": "r1", "chunk": f"c{i:05d}"},
             workdir=str(tmp_path),
@@ -41,23 +45,66 @@ def test_each_task_runs_its_own_script(tmp_path: Path) -> None:
     assert len(dispatcher_script(task_dir)) < 300, "the batch script does not grow with the array"
     for task in (1, 2, 777, 1200):
         subprocess.run(["/bin/sh", str(dispatcher)], env={"SLURM_ARRAY_TASK_ID": str(task)}, check=True)
-        assert (tmp_path / f"out-{task}").read_text() == f"ran c{task:05d}\n"
+        assert (tmp_path / f"out-{task}").read_text() == f"ran c{task:05d} {task}\n"
     assert (tmp_path / "made" / "here").is_dir()
     missing = subprocess.run(["/bin/sh", str(dispatcher)], env={"SLURM_ARRAY_TASK_ID": "1201"})
     assert missing.returncode != 0, "a task without its script fails rather than running another"
 
 
-def test_direct_task_stops_at_the_first_failure(tmp_path: Path) -> None:
+def test_task_stops_at_the_first_failure(tmp_path: Path) -> None:
     script = tmp_path / "t.sh"
     script.write_text(
-        task_script("false | true; echo after > out", rule="r", wildcards={}, workdir=str(tmp_path))
+        task_script("false | true; echo after > out", index=1, rule="r", wildcards={}, workdir=str(tmp_path))
     )
     assert subprocess.run(["bash", str(script)]).returncode != 0, "pipefail, as Snakemake's shell"
     assert not (tmp_path / "out").exists()
-    wrapped = task_script(
-        "snakemake --target-jobs x", rule="r", wildcards={"a": "1"}, workdir="/w", direct=False
+
+
+def test_a_task_running_another_tasks_script_is_refused(tmp_path: Path) -> None:
+    """Two task scripts swapped on disk: each runner sees that its array task is not the one
+    its script was written for, runs nothing and leaves the reason for the head."""
+    run = RunLayout(tmp_path / "run1", "run1")
+    run.manifest("c00000").parent.mkdir(parents=True)
+    for i in range(2):
+        run.manifest(f"c{i:05d}").write_text(json.dumps({"process_id": i, "path": "/x"}) + "\n")
+    run.plan.write_text(
+        json.dumps(
+            {
+                "chunks": [{"chunk_id": f"c{i:05d}", "items": 1} for i in range(2)],
+                "command": "touch ran-{item_id}",
+                "output_dir": str(tmp_path),
+                "threads": 1,
+                "batch_id": 1,
+                "check_inputs": False,
+            }
+        )
     )
-    assert wrapped.splitlines()[-1] == "exec snakemake --target-jobs x"
+    scripts = [
+        task_script(
+            f"{sys.executable} -m ecod_jobs.runner --run-dir {run.dir} --chunk c0000{i - 1}",
+            index=i,
+            rule="chunk",
+            wildcards={"run": "run1", "chunk": f"c0000{i - 1}"},
+            workdir=str(REPO),
+        )
+        for i in (1, 2)
+    ]
+    task_dir = tmp_path / "tasks"
+    write_task_scripts(task_dir, scripts[::-1])  # task 1 gets task 2's script and the other way round
+    dispatcher = tmp_path / "dispatch.sh"
+    dispatcher.write_text(dispatcher_script(task_dir))
+    for task in (1, 2):
+        env = {**os.environ, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": str(task)}
+        assert subprocess.run(["/bin/sh", str(dispatcher)], env=env).returncode == 4
+    assert not list(tmp_path.glob("ran-*")) and not run.result("c00000").exists()
+    reasons = " ".join(run.misrouted_reasons())
+    assert "SLURM task 77_1 ran the script of array task 2 (chunk c00001)" in reasons
+    assert "SLURM task 77_2 ran the script of array task 1 (chunk c00000)" in reasons
+    # in its own slot, the same script runs its chunk
+    write_task_scripts(task_dir, scripts)
+    env = {**os.environ, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "1"}
+    assert subprocess.run(["/bin/sh", str(dispatcher)], env=env).returncode == 0
+    assert (tmp_path / "ran-0").exists() and run.result("c00000").exists()
 
 
 def test_array_spec() -> None:
@@ -69,6 +116,13 @@ def test_tasks_by_array() -> None:
     assert tasks_by_array(["7_1", "7_3", "9_2", "12"]) == {"7": 2, "9": 1}
 
 
+def _apply(budget: ArrayBudget, remaining: dict[str, int]) -> list[tuple[str, int, bool]]:
+    changes = budget.rebalance(remaining)
+    for change in changes:
+        budget.confirm(change)
+    return [(c.array_id, c.throttle, c.release) for c in changes]
+
+
 def test_budget_shares_the_limit_among_arrays() -> None:
     budget = ArrayBudget(limit=10)
     assert budget.admit(6) == (6, False)
@@ -78,11 +132,21 @@ def test_budget_shares_the_limit_among_arrays() -> None:
     assert budget.admit(3) == (0, True), "nothing free: submitted held"
     budget.submitted("c", 3, 0, True)
     # a's tasks drain: its throttle shrinks to what is left, the rest goes to b, then c
-    changes = budget.rebalance({"a": 2, "b": 8, "c": 3})
-    assert [(c.array_id, c.throttle, c.release) for c in changes] == [("b", 8, False)]
-    changes = budget.rebalance({"a": 0, "b": 5, "c": 3})
-    assert [(c.array_id, c.throttle, c.release) for c in changes] == [("c", 3, True)]
-    assert set(budget.arrays) == {"b", "c"}
+    assert _apply(budget, {"a": 2, "b": 8, "c": 3}) == [("b", 8, False)]
+    assert _apply(budget, {"a": 0, "b": 5, "c": 3}) == [("c", 3, True)]
+    assert set(budget.arrays) == {"b", "c"} and not budget.arrays["c"].held
+
+
+def test_a_refused_change_is_undone_and_proposed_again() -> None:
+    budget = ArrayBudget(limit=2)
+    budget.submitted("a", 2, 2, False)
+    budget.submitted("b", 2, 0, True)
+    [change] = budget.rebalance({"a": 0, "b": 2})
+    assert (change.throttle, change.release) == (2, True)
+    budget.undo(change)  # scontrol failed: nothing changed in SLURM
+    assert budget.arrays["b"].throttle == 0 and budget.arrays["b"].held
+    assert _apply(budget, {"b": 2}) == [("b", 2, True)]
+    assert not budget.arrays["b"].held and _apply(budget, {"b": 1}) == []
 
 
 def test_budget_never_exceeds_its_limit() -> None:
@@ -103,7 +167,7 @@ def test_budget_never_exceeds_its_limit() -> None:
             # running tasks of an array are at most its throttle; some of them end
             for array_id, array in list(budget.arrays.items()):
                 left[array_id] -= rng.randint(0, min(array.throttle, left[array_id]))
-            budget.rebalance({a: left[a] for a in budget.arrays})
+            _apply(budget, {a: left[a] for a in budget.arrays})
             assert sum(a.throttle for a in budget.arrays.values()) <= limit
             assert all(a.throttle >= 1 or a.held for a in budget.arrays.values())
         for _drain in range(10_000):
@@ -111,7 +175,7 @@ def test_budget_never_exceeds_its_limit() -> None:
                 break
             for array_id, array in list(budget.arrays.items()):
                 left[array_id] -= min(array.throttle, left[array_id])
-            budget.rebalance({a: left[a] for a in budget.arrays})
+            _apply(budget, {a: left[a] for a in budget.arrays})
         assert not budget.arrays, "held arrays are released and every array drains"
 
 
@@ -129,13 +193,15 @@ def test_unlimited_budget_never_throttles() -> None:
         ({"ECOD_JOBS_TASK_CHUNK": "c00002", "ECOD_JOBS_TASK_RUN": "run1"}, False),
         ({"ECOD_JOBS_TASK_CHUNK": "c00001"}, True),
         ({"ECOD_JOBS_TASK_CHUNK": "c00002", "ECOD_JOBS_TASK_RUN": "run0"}, True),
+        ({"ECOD_JOBS_TASK_INDEX": "3", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}, False),
+        ({"ECOD_JOBS_TASK_INDEX": "4", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}, True),
     ],
 )
 def test_check_task(environ: dict[str, str], refused: bool) -> None:
     reason = check_task({**environ, "SLURM_JOB_ID": "5"}, "run1", "c00002")
     assert (reason is not None) == refused
     if refused:
-        assert "was told to run chunk c00002 of run run1" in str(reason)
+        assert "c00002" in str(reason) and "the array submission is broken" in str(reason)
 
 
 def test_runner_refuses_another_chunk_and_leaves_a_record(tmp_path: Path) -> None:

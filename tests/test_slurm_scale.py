@@ -22,8 +22,6 @@ from helpers import assert_each_item_once, q, setup_batch, start_cli, wait_for
 
 from ecod_jobs.runs import run_batch
 
-pytestmark = pytest.mark.slurm
-
 # Counts executions: one line per time an item's command ran.
 COUNTING = "echo {item_id} >> {output_dir}/ran.log"
 
@@ -44,6 +42,7 @@ def _sacct(array_ids: set[str]) -> list[tuple[str, str, datetime, datetime]]:
     return rows
 
 
+@pytest.mark.slurm
 def test_150_chunks_finish_with_every_item_done_once(
     tmp_path: Path,
     scratch_db: dict[str, Any],
@@ -95,6 +94,7 @@ def test_150_chunks_finish_with_every_item_done_once(
     )
 
 
+@pytest.mark.slurm
 def test_1050_chunks_each_task_names_its_own_chunk_at_submission(
     tmp_path: Path,
     scratch_db: dict[str, Any],
@@ -163,6 +163,7 @@ def test_1050_chunks_each_task_names_its_own_chunk_at_submission(
     assert not q(pg_conn, "SELECT 1 FROM ecod_schema.process_status WHERE status = 'processing'")
 
 
+@pytest.mark.slurm
 def test_throttle_holds_across_arrays(
     tmp_path: Path,
     scratch_db: dict[str, Any],

@@ -97,7 +97,7 @@ def _alive(pid: int | None, start: int | None) -> bool:
     return state not in ("Z", "X") and (start is None or started == start)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Any non-zombie process left in the group (orphans' zombies may linger unreaped)."""
     proc = Path("/proc")
     if not (proc / "self/stat").exists():
@@ -122,7 +122,7 @@ def kill_group(pgid: int, kill_wait: float = KILL_WAIT) -> None:
         return
     deadline = time.monotonic() + kill_wait
     while time.monotonic() < deadline:
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
