@@ -100,7 +100,8 @@ def test_two_databases_sharing_a_work_root_never_see_each_others_runs(
     tmp_path: Path, scratch_db: dict[str, Any], second_db: dict[str, Any], pg_conn: Any
 ) -> None:
     fast = tmp_path / "fast"  # until it exists, every item sleeps: runs can be killed mid-way
-    command = f"test -e {fast} || sleep 120"
+    # long enough to outlive a slow machine: recovery, not the clock, ends these sleeps
+    command = f"test -e {fast} || sleep 600"
     cfg_a, cfg_b = (configure(tmp_path, n, d, command) for n, d in (("a", scratch_db), ("b", second_db)))
     conn_a, conn_b = pg_conn, connect_scratch(second_db)
     # the same batch id in both databases, with different items (4 against 3): any
