@@ -128,7 +128,7 @@ class Executor(SlurmExecutor):
 
     def run_array_jobs(self, jobs: list[JobExecutorInterface]) -> None:
         """Submit ``jobs`` (one rule) as arrays: one per resource request and ``array-limit`` tasks."""
-        pending = list(jobs)
+        submitted: set[int] = set()  # id() of the jobs already in an array
         try:
             groups: dict[str, list[JobExecutorInterface]] = {}
             for job in jobs:
@@ -138,10 +138,10 @@ class Executor(SlurmExecutor):
                 for start in range(0, len(members), self.max_array_size):
                     part = members[start : start + self.max_array_size]
                     self._submit_array(call, part)
-                    pending = [j for j in pending if j not in part]
+                    submitted.update(map(id, part))
         except Exception as exc:
             self.logger.error(f"ecod-slurm: array submission for rule {jobs[0].rule.name} failed: {exc}")
-            for job in pending:
+            for job in (j for j in jobs if id(j) not in submitted):
                 self._report_job_error_threadsafe(SubmittedJobInfo(job), f"array submission failed: {exc}")
 
     def _sbatch_call(self, job: JobExecutorInterface) -> str:
