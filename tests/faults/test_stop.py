@@ -18,8 +18,9 @@ from helpers import create_batch, q, start_cli, wait_for, write_config
 from ecod_jobs.config import load_config
 from ecod_jobs.db import Database
 from ecod_jobs.lease import pid_alive
+from ecod_jobs.managers.local import group_alive
 from ecod_jobs.recovery import slurm_name_prefix
-from ecod_jobs.runs import _group_alive, cancel_batch
+from ecod_jobs.runs import cancel_batch
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def run_processes(run_dir: Path, snakemake_pid: int) -> list[str]:
     """What is left of a run: its Snakemake process group, and its chunk runners (recorded
     in their attempt files) and item processes (holding a chunk lock), on this host."""
     left = []
-    if _group_alive(snakemake_pid):
+    if group_alive(snakemake_pid):
         left.append(f"process group {snakemake_pid}")
     for meta in run_dir.glob("results/*.attempt-*.json"):
         import json
@@ -250,7 +251,7 @@ def test_run_killed_with_sigterm_stops_its_workflow_on_slurm(
         assert first.returncode == 128 + signal.SIGTERM, out + err
         assert f"run {run_id}: stopped the workflow with SIG" in err
         assert took < 90, f"took {took:.0f} s to stop"
-        assert not _group_alive(snakemake_pid), "no Snakemake process left"
+        assert not group_alive(snakemake_pid), "no Snakemake process left"
         wait_for(lambda: queued() == [], timeout=30, what="squeue to list none of the run's jobs")
         assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") != [("running",)]
         assert_settled(pg_conn)
