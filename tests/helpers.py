@@ -152,3 +152,20 @@ def assert_each_item_once(conn: Any, run_id: str, expected: set[int]) -> None:
     )
     ids = [r[0] for r in rows]
     assert sorted(ids) == sorted(expected), "every planned item has exactly one job_item in the run"
+
+
+def squeue_tasks_of_run(conn: Any, *, completing: bool = True) -> list[str]:
+    """``id|name|state`` of every SLURM task squeue lists for the batch's (only) run, found by
+    the run's job-name prefix; ``completing=False`` leaves out tasks in COMPLETING."""
+    from ecod_jobs.recovery import slurm_name_prefix
+
+    rows = q(conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")
+    if not rows:
+        return []
+    prefix = slurm_name_prefix(rows[0][0]) + "_"
+    out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T"], capture_output=True, text=True)
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if line.split("|")[1].startswith(prefix) and (completing or line.split("|")[2] != "COMPLETING")
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, run_cli, start_cli, wait_for, write_config
+from helpers import create_batch, q, run_cli, squeue_tasks_of_run, start_cli, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -109,23 +109,13 @@ def test_cancel_after_a_slurm_head_crash_cancels_every_queued_and_running_task(
 ) -> None:
     """With the head killed, nobody scancels the run's array; `ecod-jobs cancel` must find
     every task, including those still queued that have written nothing yet."""
-    from ecod_jobs.recovery import slurm_name_prefix
 
     # 2 items per chunk, 10 chunks: the one-node cluster runs 2 at a time, the rest queue
     cfg = make_batch(tmp_path, scratch_db, 20, {"command": "sleep 300"})
     first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
 
     def run_tasks() -> list[str]:
-        rows = q(pg_conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")
-        if not rows:
-            return []
-        prefix = slurm_name_prefix(rows[0][0]) + "_"
-        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T"], capture_output=True, text=True)
-        return [
-            line
-            for line in out.stdout.splitlines()
-            if line.split("|")[1].startswith(prefix) and line.split("|")[2] != "COMPLETING"
-        ]
+        return squeue_tasks_of_run(pg_conn, completing=False)
 
     try:
         wait_for(lambda: len(run_tasks()) == 10 and any("|RUNNING" in t for t in run_tasks()), timeout=180)

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, start_cli, wait_for, write_config
+from helpers import create_batch, q, squeue_tasks_of_run, start_cli, wait_for, write_config
 
 from ecod_jobs.config import load_config
 from ecod_jobs.db import Database
 from ecod_jobs.lease import pid_alive
 from ecod_jobs.managers.local import group_alive
-from ecod_jobs.recovery import slurm_name_prefix
 from ecod_jobs.runs import cancel_batch
 
 pytestmark = pytest.mark.slow
@@ -230,12 +229,7 @@ def test_run_killed_with_sigterm_stops_its_workflow_on_slurm(
     first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
 
     def queued() -> list[str]:
-        rows = q(pg_conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")
-        if not rows:
-            return []
-        prefix = slurm_name_prefix(rows[0][0]) + "_"
-        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%j|%T"], capture_output=True, text=True)
-        return [line for line in out.stdout.splitlines() if line.split("|")[1].startswith(prefix)]
+        return squeue_tasks_of_run(pg_conn)
 
     runs_root = tmp_path / "work" / "batch_1" / "t" / "runs"
     try:
