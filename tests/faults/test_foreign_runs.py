@@ -84,11 +84,18 @@ def start_and_kill(cfg: Path, tmp_path: Path, conn: Any) -> str:
 
     run_id, pid = wait_for(new_run, what="the run row")
     results = run_dir(tmp_path, run_id) / "results"
+    logs = run_dir(tmp_path, run_id) / "logs"
+    # both chunks' first items sleeping (not just their runners started: an item that only
+    # starts after the test has made `fast` would finish, and its chunk with it)
     wait_for(
         lambda: all(
-            (results / f"c0000{i}.lock").exists() and lock_held(results / f"c0000{i}.lock") for i in (0, 1)
+            (results / f"c0000{i}.lock").exists()
+            and lock_held(results / f"c0000{i}.lock")
+            and (logs / f"c0000{i}.log").exists()
+            and "sleeping" in (logs / f"c0000{i}.log").read_text()
+            for i in (0, 1)
         ),
-        what="both chunks running",
+        what="both chunks' items sleeping",
     )
     os.kill(first.pid, signal.SIGKILL)
     os.kill(pid, signal.SIGKILL)
@@ -100,8 +107,9 @@ def test_two_databases_sharing_a_work_root_never_see_each_others_runs(
     tmp_path: Path, scratch_db: dict[str, Any], second_db: dict[str, Any], pg_conn: Any
 ) -> None:
     fast = tmp_path / "fast"  # until it exists, every item sleeps: runs can be killed mid-way
-    # long enough to outlive a slow machine: recovery, not the clock, ends these sleeps
-    command = f"test -e {fast} || sleep 600"
+    # long enough to outlive a slow machine: recovery, not the clock, ends these sleeps;
+    # "sleeping" in the chunk's log tells start_and_kill the item took that branch
+    command = f"test -e {fast} || {{{{ echo sleeping; sleep 600; }}}}"
     cfg_a, cfg_b = (configure(tmp_path, n, d, command) for n, d in (("a", scratch_db), ("b", second_db)))
     conn_a, conn_b = pg_conn, connect_scratch(second_db)
     # the same batch id in both databases, with different items (4 against 3): any
