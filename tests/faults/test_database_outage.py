@@ -35,7 +35,7 @@ def setup_batch(tmp_path: Path, server: PrivatePostgres) -> Path:
             "pipeline": {"work_root": str(tmp_path / "work")},
             "job_types": {
                 "slow": {
-                    "command": "sleep 1; echo ran >> {output_dir}/{item_id}.count",
+                    "command": "sleep 1 && echo ran >> {output_dir}/{item_id}.count",
                     "batch_size": 2,
                     "check_inputs": False,
                 }

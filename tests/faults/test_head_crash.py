@@ -13,7 +13,7 @@ from helpers import create_batch, q, run_cli, squeue_tasks_of_run, start_cli, wa
 
 pytestmark = pytest.mark.slow
 
-COMMAND = "sleep 1.5; echo ran >> {output_dir}/{item_id}.count"
+COMMAND = "sleep 1.5 && echo ran >> {output_dir}/{item_id}.count"
 
 
 def make_batch(

@@ -65,7 +65,7 @@ def test_scancel_of_a_running_chunk_is_retried_and_recorded(
         tmp_path,
         scratch_db,
         ["a", "b"],
-        {"command": "sleep 6; echo ran >> {output_dir}/{item_id}.count", "memory": "1G"},
+        {"command": "sleep 6 && echo ran >> {output_dir}/{item_id}.count", "memory": "1G"},
     )
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     metas = tmp_path / "work" / "batch_1" / "kill" / "runs"
