@@ -22,7 +22,7 @@ def measure(work: Path) -> list[Measurement]:
     from ecod_jobs.config import load_config
     from ecod_jobs.db import Database, create_batch, init_schema
     from ecod_jobs.items import ItemRow
-    from ecod_jobs.runs import run_batch
+    from ecod_jobs.launch import run_batch
 
     cores = os.cpu_count() or 1
     log(f"local: xargs -P {cores} over {ITEMS:,} commands (baseline)")

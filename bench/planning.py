@@ -44,9 +44,9 @@ def measure(work: Path) -> list[Measurement]:
     from ecod_jobs.config import job_type_spec, load_config
     from ecod_jobs.db import Database, create_batch, init_schema
     from ecod_jobs.items import ItemRow
+    from ecod_jobs.launch import resolve_profile, snakemake_command
     from ecod_jobs.layout import BatchLayout
     from ecod_jobs.plan import plan_run
-    from ecod_jobs.runs import resolve_profile, snakemake_command
 
     (work / "minimal").mkdir()
     (work / "minimal" / "Snakefile").write_text(MINIMAL.format(n=CHUNKS))

@@ -63,7 +63,7 @@ def run_to_completion(work: Path) -> list[Measurement]:
     from ecod_jobs.config import load_config
     from ecod_jobs.db import Database, create_batch, init_schema, status_counts
     from ecod_jobs.items import ItemRow
-    from ecod_jobs.runs import run_batch
+    from ecod_jobs.launch import run_batch
 
     walls: dict[str, float] = {}
     with scratch_database() as section:

@@ -22,7 +22,7 @@ REPEAT = 15
 def measure(section: dict[str, Any], registered: Registered) -> list[Measurement]:
     from ecod_jobs.config import load_config
     from ecod_jobs.db import Database
-    from ecod_jobs.runs import batch_status
+    from ecod_jobs.launch import batch_status
 
     db = Database(load_config(registered.config_path))
     batch_status(db, registered.batch_id)  # warm the connection and the cache, as a second call would

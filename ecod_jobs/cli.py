@@ -173,7 +173,7 @@ class ProgressBar:
 
 
 def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from .runs import run_batch
+    from .launch import run_batch
 
     bar = ProgressBar()
     try:
@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from .runs import batch_status
+    from .launch import batch_status
 
     report = batch_status(require_schema(Database(config), needed_by="status"), args.batch)
     if args.json:
@@ -261,7 +261,7 @@ def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from .runs import cancel_batch
+    from .launch import cancel_batch
 
     report = cancel_batch(require_schema(Database(config), needed_by="cancel"), config, args.batch)
     for run_id, how in report["stopped"].items():
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ecod-jobs: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, USAGE_ERRORS) else 1
-    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM and SIGHUP of `run` too (runs.Stopped)
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM and SIGHUP of `run` too (launch.Stopped)
         print(f"ecod-jobs: interrupted{f' by {exc}' if str(exc) else ''}", file=sys.stderr)
         return 128 + int(getattr(exc, "signum", 2))
 

@@ -117,7 +117,7 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
     """Make sure nothing of a dead run still works on its unfinished chunks.
 
     Every runner and item process holds its chunk's lock (see
-    :func:`ecod_jobs.runner.hold_chunk_lock`). Holders on this host are sent
+    :func:`ecod_jobs.chunk_runner.hold_chunk_lock`). Holders on this host are sent
     SIGTERM, then SIGKILL after ``grace`` seconds; a lock still held after
     ``timeout`` (a process on another host) is an error, because resetting its
     items now would let them run twice. Returns the number of processes stopped.
@@ -171,7 +171,7 @@ def recover_dead_runs(
     db: Database, config: Mapping[str, Any], batch_id: int, job_type: str, current_run_id: str
 ) -> list[str]:
     """Settle every dead run of this batch and job type; returns their run ids."""
-    from . import slurm_cli
+    from . import slurm_commands
 
     rows = db.query(
         sql.SQL(
@@ -191,8 +191,8 @@ def recover_dead_runs(
             # The directory at its path holds another database's run: read, stop and
             # cancel nothing of it. Our run's jobs are still found by row and name.
             warn_foreign(run, reason)
-            if (stray := live_slurm_jobs(db, run)) and slurm_cli.available("scancel"):
-                slurm_cli.scancel(stray)
+            if (stray := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
+                slurm_commands.scancel(stray)
             release_unstarted_items(db, run_id)
             close_dead_run(db, run_id)
             recovered.append(run_id)
@@ -203,9 +203,9 @@ def recover_dead_runs(
             recovered.append(run_id)
             continue
         stray = live_slurm_jobs(db, run)
-        if stray and slurm_cli.available("scancel"):
+        if stray and slurm_commands.available("scancel"):
             log.warning("cancelling %d SLURM jobs left by dead run %s", len(stray), run_id)
-            slurm_cli.scancel(stray)
+            slurm_commands.scancel(stray)
             wait_gone(stray)
         # read the files only once nothing can write them any more
         if stopped := stop_chunk_processes(run):

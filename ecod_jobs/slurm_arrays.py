@@ -48,7 +48,7 @@ def task_script(
 
     The task's index and the job's wildcards are exported (``ECOD_JOBS_TASK_INDEX``,
     ``ECOD_JOBS_TASK_<NAME>``), so that what runs can check it is the job this task
-    was submitted for (:func:`ecod_jobs.runner.check_task`).
+    was submitted for (:func:`ecod_jobs.chunk_runner.check_task`).
     """
     lines = [
         "#!/bin/bash",

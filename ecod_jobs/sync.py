@@ -343,7 +343,7 @@ def record_chunks(
 
 def enrich_from_scheduler(db: Database, run_id: str) -> int:
     """Fill state, exit code, node, elapsed, CPU and peak memory from sacct (one call)."""
-    from . import slurm_cli
+    from . import slurm_commands
 
     rows = db.query(
         sql.SQL("SELECT id, slurm_job_id FROM {} WHERE run_id = %s AND slurm_job_id IS NOT NULL").format(
@@ -351,10 +351,10 @@ def enrich_from_scheduler(db: Database, run_id: str) -> int:
         ),
         (run_id,),
     )
-    if not rows or not slurm_cli.available("sacct"):
+    if not rows or not slurm_commands.available("sacct"):
         return 0
     try:
-        records = slurm_cli.sacct_records([r[1] for r in rows])
+        records = slurm_commands.sacct_records([r[1] for r in rows])
     except Exception as exc:  # accounting may be disabled: the files already gave us the basics
         log.warning("sacct unavailable, keeping runner-measured figures: %s", exc)
         return 0
@@ -490,11 +490,11 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
 
 def _cancel_queued(db: Database, run: RunLayout) -> None:
     """Cancel, and wait out, whatever SLURM still holds of ``run``."""
-    from . import slurm_cli
+    from . import slurm_commands
     from .recovery import live_slurm_jobs, wait_gone
 
-    if (queued := live_slurm_jobs(db, run)) and slurm_cli.available("scancel"):
-        slurm_cli.scancel(queued)
+    if (queued := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
+        slurm_commands.scancel(queued)
         wait_gone(queued)
 
 

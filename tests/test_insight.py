@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from helpers import REPO, connect_scratch, create_batch, free_port, q, run_cli, wait_for, write_config
 
-from ecod_jobs.runs import run_batch
+from ecod_jobs.launch import run_batch
 
 HOSTILE_NAME = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 HOSTILE_ERROR = "<script>window.__pwned=3</script> bad chain"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_managers_script import EXPECTED, TRICKY
 
-from ecod_jobs import SlurmJobManager, create_job_manager, slurm_cli
+from ecod_jobs import SlurmJobManager, create_job_manager, slurm_commands
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def slurm(slurm_cluster: None) -> Iterator[SlurmJobManager]:
         j for j, s in manager.check_job_statuses(list(manager._submitted)).items() if s != "COMPLETED"
     ]
     if unfinished:
-        slurm_cli.scancel(unfinished)
+        slurm_commands.scancel(unfinished)
 
 
 def test_submit_poll_output_with_tricky_commands(slurm: SlurmJobManager, tmp_path: Path) -> None:
@@ -67,7 +67,8 @@ def test_cancel_running_job(slurm: SlurmJobManager, tmp_path: Path) -> None:
     assert slurm.wait(job_id, timeout=60) == {job_id: "CANCELLED"}
     # sacct's own spelling is 'CANCELLED by 0'; it maps to CANCELLED, not running forever
     deadline = time.monotonic() + 30
-    while (record := slurm_cli.sacct_records([job_id]).get(job_id)) is None or record.state != "CANCELLED":
+    sacct = slurm_commands.sacct_records
+    while (record := sacct([job_id]).get(job_id)) is None or record.state != "CANCELLED":
         assert time.monotonic() < deadline, f"sacct never recorded the cancel: {record}"
         time.sleep(1)
     assert record.raw_state is not None and record.raw_state.startswith("CANCELLED by ")
@@ -105,7 +106,7 @@ def test_check_all_jobs_counts_only_the_batch(slurm: SlurmJobManager, tmp_path: 
         out = slurm.get_job_output(ids[1], tmp_path, "many_1")["stdout"]
         assert out is not None and out.splitlines() == [f"{i} /data/p{i}.fa" for i in range(21, 41)]
     finally:
-        slurm_cli.scancel([foreign])
+        slurm_commands.scancel([foreign])
 
 
 def test_array_job(slurm: SlurmJobManager, tmp_path: Path) -> None:

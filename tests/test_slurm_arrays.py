@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
+from ecod_jobs.chunk_runner import check_task, run_chunk
 from ecod_jobs.layout import RunLayout
-from ecod_jobs.runner import check_task, run_chunk
 from ecod_jobs.slurm_arrays import (
     ArrayBudget,
     array_spec,
@@ -81,7 +81,7 @@ def test_a_task_running_another_tasks_script_is_refused(tmp_path: Path) -> None:
     )
     scripts = [
         task_script(
-            f"{sys.executable} -m ecod_jobs.runner --run-dir {run.dir} --chunk c0000{i - 1}",
+            f"{sys.executable} -m ecod_jobs.chunk_runner --run-dir {run.dir} --chunk c0000{i - 1}",
             index=i,
             rule="chunk",
             wildcards={"run": "run1", "chunk": f"c0000{i - 1}"},

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from helpers import assert_each_item_once, q, setup_batch, start_cli, wait_for
 
-from ecod_jobs.runs import run_batch
+from ecod_jobs.launch import run_batch
 
 # Counts executions: one line per time an item's command ran.
 COUNTING = "echo {item_id} >> {output_dir}/ran.log"

@@ -22,7 +22,7 @@ from helpers import (
     write_config,
 )
 
-from ecod_jobs.runs import run_batch
+from ecod_jobs.launch import run_batch
 
 
 def test_local_run_records_every_item_once(

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ..config import from_mapping, load_config, template_placeholders
 from ..exceptions import ConfigurationError, JobExecutionError, JobSubmissionError, ValidationError
-from ..slurm_cli import job_output_paths
+from ..slurm_commands import job_output_paths
 from ..states import STATES, Phase, normalize_state
 from .script import OPTION_NAMES, ScriptOptions, check_job_name, render_script, write_script
 

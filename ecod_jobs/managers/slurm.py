@@ -1,4 +1,4 @@
-"""SlurmJobManager: sbatch, squeue + sacct, scancel (via :mod:`ecod_jobs.slurm_cli`).
+"""SlurmJobManager: sbatch, squeue + sacct, scancel (via :mod:`ecod_jobs.slurm_commands`).
 
 What differs from the base is only how to submit, poll and cancel. Status of
 many jobs is one squeue call plus at most one sacct call, mapped through the
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from .. import slurm_cli
+from .. import slurm_commands
 from ..exceptions import ConfigurationError
-from ..slurm_cli import SacctRecord, SlurmEnvironment
+from ..slurm_commands import SacctRecord, SlurmEnvironment
 from ..states import STATES, Phase
 from .base import ConfigLike, JobInfo, JobManager, script_file
 
@@ -97,7 +97,7 @@ class SlurmJobManager(JobManager):
             comment.append(f"batch={batch_id}")
         if self.environment.job_id:
             comment.append(f"parent={self.environment.job_id}")
-        job_id = slurm_cli.sbatch(script, [*self.extra_args, f"--comment={' '.join(comment)}"])
+        job_id = slurm_commands.sbatch(script, [*self.extra_args, f"--comment={' '.join(comment)}"])
         self._record_submission(job_id, batch_id)
         with self._lock:
             self._last_state[job_id] = "PENDING"
@@ -111,7 +111,7 @@ class SlurmJobManager(JobManager):
         return job_id
 
     def _poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        snapshot = slurm_cli.poll(job_ids)
+        snapshot = slurm_commands.poll(job_ids)
         infos = {}
         for job_id in job_ids:
             state, record = snapshot.states.get(job_id, "UNKNOWN"), snapshot.records.get(job_id)
@@ -123,7 +123,7 @@ class SlurmJobManager(JobManager):
 
     def cancel_job(self, job_id: str) -> bool:
         """scancel; True also for a job that had already finished or was forgotten."""
-        slurm_cli.scancel([str(job_id)])
+        slurm_commands.scancel([str(job_id)])
         log.info("cancelled SLURM job %s%s", job_id, self.environment.describe())
         return True
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ecod_jobs.chunk_runner import hold_chunk_lock
 from ecod_jobs.exceptions import RunConflictError
 from ecod_jobs.layout import RunLayout
 from ecod_jobs.recovery import stop_chunk_processes
-from ecod_jobs.runner import hold_chunk_lock
 
 # A process that takes the lock the way the runner does, then hands it to a
 # grandchild in its own session (an item that escaped its runner) and exits.
@@ -22,7 +22,7 @@ HOLDER = """
 import os, subprocess, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from ecod_jobs.runner import hold_chunk_lock
+from ecod_jobs.chunk_runner import hold_chunk_lock
 fd = hold_chunk_lock(Path({lock!r}))
 trap = "trap '' TERM; " if {ignore_term!r} else ""
 subprocess.Popen(["bash", "-c", trap + "sleep 60 & wait"], pass_fds=(fd,), start_new_session=True)

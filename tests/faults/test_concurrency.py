@@ -10,7 +10,7 @@ from typing import Any
 
 from helpers import create_batch, q, run_cli, start_cli, write_config
 
-from ecod_jobs.runs import run_batch
+from ecod_jobs.launch import run_batch
 
 
 def make_config(tmp_path: Path, scratch_db: dict[str, Any], command: str) -> Path:

@@ -169,7 +169,7 @@ def test_password_never_shown_and_nothing_world_writable(
         time.sleep(0.3)
     out, err = run.communicate()
     assert run.returncode == 0, out + err
-    assert any("ecod_jobs.runner" in listing for listing in listings), "the listing saw the run's commands"
+    assert any("ecod_jobs.chunk_runner" in listing for listing in listings), "listing missed the commands"
     assert not any(secret in listing for listing in listings), "password in a process listing"
     assert secret not in out + err
     for path in tmp_path.rglob("*"):

@@ -7,7 +7,7 @@ from typing import Any
 
 from helpers import create_batch, write_config
 
-from ecod_jobs.runs import run_batch
+from ecod_jobs.launch import run_batch
 
 
 def test_missing_input_nonzero_exit_and_hang_are_item_errors(

@@ -34,7 +34,7 @@ def start_runner(tmp_path: Path) -> tuple[subprocess.Popen[bytes], RunLayout]:
     )
     with (tmp_path / "runner.err").open("wb") as err:  # read by the assertions
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ecod_jobs.runner", "--run-dir", str(run.dir), "--chunk", "c00000"],
+            [sys.executable, "-m", "ecod_jobs.chunk_runner", "--run-dir", str(run.dir), "--chunk", "c00000"],
             stderr=err,
         )
     return proc, run
@@ -91,7 +91,7 @@ def test_a_stop_before_the_item_execs_kills_the_item_not_the_runner() -> None:
     a traceback; the window is too short to hit from outside, so the handler is
     driven directly in a process that is not the runner.)
     """
-    code = "import ecod_jobs.runner as r; r._runner_pid = -1; r._on_term(15, None); print('survived')"
+    code = "import ecod_jobs.chunk_runner as r; r._runner_pid = -1; r._on_term(15, None); print('survived')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGTERM and "survived" not in proc.stdout
 
@@ -102,7 +102,7 @@ def test_an_item_whose_runner_died_before_its_death_signal_was_set_dies_at_once(
     """A scancel at the very start of a chunk can kill the runner between the item's fork
     and its prctl(PDEATHSIG): no death signal ever comes then, so the item must notice
     that its parent is no longer the runner and die before it runs anything."""
-    from ecod_jobs import runner
+    from ecod_jobs import chunk_runner as runner
 
     monkeypatch.setattr(runner, "_runner_pid", os.getpid())
     assert subprocess.Popen(["true"], preexec_fn=runner._die_with_runner).wait() == 0

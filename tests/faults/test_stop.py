@@ -17,9 +17,9 @@ from helpers import create_batch, q, squeue_tasks_of_run, start_cli, wait_for, w
 
 from ecod_jobs.config import load_config
 from ecod_jobs.db import Database
+from ecod_jobs.launch import cancel_batch
 from ecod_jobs.lease import pid_alive
 from ecod_jobs.managers.local import group_alive
-from ecod_jobs.runs import cancel_batch
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,8 @@ def start_stuck_head(tmp_path: Path, scratch_db: dict[str, Any]) -> tuple[Path, 
         [
             sys.executable,
             "-c",
-            f"from ecod_jobs.runs import run_batch; run_batch(1, config_path={str(cfg)!r}, latency_wait=600)",
+            "from ecod_jobs.launch import run_batch; "
+            f"run_batch(1, config_path={str(cfg)!r}, latency_wait=600)",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -19,4 +19,4 @@ rule chunk:
     resources:
         **chunk_resources(),
     shell:
-        "{params.python:q} -m ecod_jobs.runner --run-dir {params.run_dir:q} --chunk {wildcards.chunk} 2> {log:q}"
+        "{params.python:q} -m ecod_jobs.chunk_runner --run-dir {params.run_dir:q} --chunk {wildcards.chunk} 2> {log:q}"

@@ -437,7 +437,7 @@ def cancel_batch(
     and waited for, chunk processes still holding their locks are stopped, the
     results are recorded, and the runs' leases are released.
     """
-    from . import slurm_cli
+    from . import slurm_commands
     from .lease import release
     from .ownership import check_run, warn_foreign
     from .recovery import live_slurm_jobs, stop_chunk_processes, wait_gone
@@ -488,8 +488,8 @@ def cancel_batch(
         found.update(live_slurm_jobs(db, layout))
     live = sorted(found)
     scancelled = []
-    if live and slurm_cli.available("scancel"):
-        slurm_cli.scancel(live)
+    if live and slurm_commands.available("scancel"):
+        slurm_commands.scancel(live)
         wait_gone(live)  # scancel is asynchronous: nothing of the runs is queued after cancel
         scancelled = live
     for run_id, layout in layouts.items():

@@ -1,4 +1,4 @@
-"""slurm_cli: parsing of real squeue/sacct output, and polling with fake SLURM commands.
+"""slurm_commands: parsing of real squeue/sacct output, and polling with fake SLURM commands.
 
 The sample text below is what the project's single-node SLURM 22.05 cluster
 printed for these jobs (a completed job, exit 3, scancel, a job killed by
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ecod_jobs import slurm_cli
+from ecod_jobs import slurm_commands
 from ecod_jobs.exceptions import JobExecutionError, JobSubmissionError
 from ecod_jobs.managers import SlurmJobManager
 from ecod_jobs.managers.slurm import info_from
@@ -58,7 +58,7 @@ SQUEUE_SAMPLE = """\
 
 
 def test_parse_sacct_folds_steps_and_maps_states() -> None:
-    records = slurm_cli.parse_sacct(SACCT_SAMPLE)
+    records = slurm_commands.parse_sacct(SACCT_SAMPLE)
     assert set(records) == {"10", "14", "15", "16", "18", "17_1", "17_2", "17_3", "21", "34_1", "34_[2-4%1]"}
     done = records["14"]
     assert done.state == "COMPLETED" and done.exit_code == 0 and done.signal == 0
@@ -90,7 +90,7 @@ def test_parse_sacct_tolerates_garbage_and_short_lines() -> None:
         "21|21|PENDING|0:0|vm|2|00:00:00||18889465931478580854784.00K||2026-11-23T23:58:20|Unknown\n"
         "short|line\n"
     )
-    records = slurm_cli.parse_sacct(text)
+    records = slurm_commands.parse_sacct(text)
     assert records["21"].req_mem_mb is None  # absurd value dropped, not an INTEGER overflow later
     assert records["21"].timelimit_seconds is None
     assert list(records) == ["21"]
@@ -101,7 +101,7 @@ def test_parse_sacct_tolerates_garbage_and_short_lines() -> None:
     [("00:00.145", 0.145), ("01:02:03", 3723), ("2-01:00:00", 176400), ("05:30", 330), ("junk", None)],
 )
 def test_parse_duration(text: str, seconds: float | None) -> None:
-    assert slurm_cli.parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+    assert slurm_commands.parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
 
 
 @pytest.mark.parametrize(
@@ -109,11 +109,11 @@ def test_parse_duration(text: str, seconds: float | None) -> None:
     [("66140K", 66140), ("4Gn", 4 * 1024**2), ("1.5M", 1536), ("2048", 2), ("", None), ("x", None)],
 )
 def test_parse_size_kb(text: str, kb: int | None) -> None:
-    assert slurm_cli.parse_size_kb(text) == kb
+    assert slurm_commands.parse_size_kb(text) == kb
 
 
 def test_parse_squeue() -> None:
-    entries = slurm_cli.parse_squeue(SQUEUE_SAMPLE + "garbage\n\n")
+    entries = slurm_commands.parse_squeue(SQUEUE_SAMPLE + "garbage\n\n")
     by_id = {e.job_id: e for e in entries}
     assert by_id["34_1"].state == "RUNNING" and by_id["34_1"].raw_id == "35"
     assert by_id["34_1"].array_job_id == "34" and by_id["34_1"].array_task_id == "1"
@@ -122,7 +122,7 @@ def test_parse_squeue() -> None:
 
 
 def test_info_from_failed_record_gives_reason_and_shell_exit_status() -> None:
-    records = slurm_cli.parse_sacct(SACCT_SAMPLE)
+    records = slurm_commands.parse_sacct(SACCT_SAMPLE)
     killed = info_from("18", "FAILED", records["18"])
     assert killed.exit_code == 128 + 9 and "ExitCode 0:9" in (killed.reason or "")
     cancelled = info_from("16", "CANCELLED", records["16"])
@@ -161,7 +161,7 @@ def calls(bin_dir: Path) -> list[str]:
 
 def test_poll_one_squeue_and_one_sacct_call(fake_slurm: Path) -> None:
     ids = ["34", "34_1", "14", "16", "15", "17", "17_2", "18", "21", "999", "not-a-job"]
-    snapshot = slurm_cli.poll(ids)
+    snapshot = slurm_commands.poll(ids)
     assert calls(fake_slurm) == ["squeue", "sacct"]
     assert snapshot.states == {
         "34": "RUNNING",  # an array with a running task is running
@@ -193,20 +193,20 @@ def test_poll_merges_task_by_task_while_sacct_lags(fake_slurm: Path) -> None:
         "56_3|56|COMPLETED|0:0|vm|1|00:00.003||102400K|5|2026-11-24T00:07:47|2026-11-24T00:07:48\n"
         "60|60|RUNNING|0:0|vm|2|00:00:00||18889465931478580854784.00K||2026-11-24T00:07:47|Unknown\n"
     )
-    snapshot = slurm_cli.poll(["56", "60"])
+    snapshot = slurm_commands.poll(["56", "60"])
     assert snapshot.states == {"56": "FAILED", "60": "COMPLETED"}  # not the partial or stale view
     assert snapshot.records == {}  # sacct's records disagree: no exit codes yet rather than wrong ones
 
 
 def test_poll_without_accounting_keeps_squeue_states_and_unknown(fake_slurm: Path) -> None:
     _fake(fake_slurm, "sacct", 'echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1')
-    states = slurm_cli.query_states(["16", "14", "15"])
+    states = slurm_commands.query_states(["16", "14", "15"])
     assert states == {"16": "CANCELLED", "14": "COMPLETED", "15": "UNKNOWN"}
 
 
 def test_poll_squeue_invalid_single_id_falls_to_sacct(fake_slurm: Path) -> None:
     _fake(fake_slurm, "squeue", 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1')
-    assert slurm_cli.query_states(["15"]) == {"15": "FAILED"}
+    assert slurm_commands.query_states(["15"]) == {"15": "FAILED"}
 
 
 def test_poll_raises_when_squeue_fails(fake_slurm: Path) -> None:
@@ -214,17 +214,17 @@ def test_poll_raises_when_squeue_fails(fake_slurm: Path) -> None:
         fake_slurm, "squeue", 'echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1'
     )
     with pytest.raises(JobExecutionError, match="Unable to contact"):
-        slurm_cli.query_states(["15"])
+        slurm_commands.query_states(["15"])
 
 
 def test_sbatch_parses_id_and_reports_refusal(fake_slurm: Path, tmp_path: Path) -> None:
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\ntrue\n")
     _fake(fake_slurm, "sbatch", 'echo "sbatch: warning: something"; echo "4242;ecodtest"')
-    assert slurm_cli.sbatch(script) == "4242"
+    assert slurm_commands.sbatch(script) == "4242"
     _fake(fake_slurm, "sbatch", 'echo "sbatch: error: invalid partition specified: nope" >&2; exit 1')
     with pytest.raises(JobSubmissionError, match="invalid partition specified: nope"):
-        slurm_cli.sbatch(script, ["--partition=nope"])
+        slurm_commands.sbatch(script, ["--partition=nope"])
 
 
 def test_sbatch_from_inside_a_job_drops_the_parent_allocation(fake_slurm: Path, tmp_path: Path) -> None:
@@ -238,9 +238,9 @@ def test_sbatch_from_inside_a_job_drops_the_parent_allocation(fake_slurm: Path, 
         "SLURM_CPUS_PER_TASK": "8",
         "SLURM_CONF": "/etc/slurm/slurm.conf",
     }
-    assert slurm_cli.sbatch(script, env=environ) == "7"
+    assert slurm_commands.sbatch(script, env=environ) == "7"
     assert (fake_slurm / "env").read_text().splitlines() == ["SLURM_CONF=/etc/slurm/slurm.conf"]
-    env = slurm_cli.SlurmEnvironment.from_environ(
+    env = slurm_commands.SlurmEnvironment.from_environ(
         {"SLURM_JOB_ID": "41", "SLURM_CLUSTER_NAME": "ecodtest", "SLURM_SUBMIT_DIR": "/w"}
     )
     assert (
@@ -255,10 +255,10 @@ def test_scancel_ignores_finished_jobs_but_not_other_errors(fake_slurm: Path) ->
         "scancel",
         'echo "scancel: error: Kill job error on job id 5: Invalid job id specified" >&2; exit 1',
     )
-    slurm_cli.scancel(["5"])
+    slurm_commands.scancel(["5"])
     _fake(fake_slurm, "scancel", 'echo "scancel: error: Unable to contact slurm controller" >&2; exit 1')
     with pytest.raises(JobExecutionError, match="Unable to contact"):
-        slurm_cli.scancel(["5"])
+        slurm_commands.scancel(["5"])
 
 
 def test_missing_slurm_commands_are_a_clear_submission_error(
@@ -268,7 +268,7 @@ def test_missing_slurm_commands_are_a_clear_submission_error(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(JobSubmissionError, match="'squeue' not found"):
-        slurm_cli.query_states(["1"])
+        slurm_commands.query_states(["1"])
     manager = SlurmJobManager({"job_manager": {"type": "slurm"}})
     script = manager.create_job_script(["true"], "j", tmp_path)
     with pytest.raises(JobSubmissionError, match="'sbatch' not found"):

@@ -1,6 +1,6 @@
 """Run one chunk: every item of its manifest through the job type's command.
 
-    python -m ecod_jobs.runner --run-dir DIR --chunk c00042
+    python -m ecod_jobs.chunk_runner --run-dir DIR --chunk c00042
 
 This is what a SLURM array task (or a local core) executes; it never touches
 PostgreSQL. An item that fails (non-zero exit, missing input, its own timeout)
