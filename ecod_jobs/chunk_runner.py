@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
+from .processes import signal_group
 
 STDERR_TAIL = 2000
 _current: subprocess.Popen[bytes] | None = None
@@ -105,11 +106,6 @@ def module_environment(modules: list[str], base: Mapping[str, str]) -> dict[str,
     return dict(pairs)
 
 
-def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
 def _die_with_runner() -> None:
     """In the item's process: be killed if the runner dies, even by SIGKILL.
 
@@ -146,11 +142,11 @@ def _on_term(signum: int, _frame: Any) -> None:
         os.kill(os.getpid(), signum)
         return
     if _current is not None and _current.poll() is None:
-        _kill_group(_current, signal.SIGTERM)
+        signal_group(_current.pid, signal.SIGTERM)
         try:
             _current.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            _kill_group(_current)
+            signal_group(_current.pid, signal.SIGKILL)
     sys.exit(128 + signum)
 
 
@@ -211,7 +207,7 @@ def run_item(
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        signal_group(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         tail = err.decode(errors="replace")
         log.write(err)

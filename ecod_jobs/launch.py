@@ -23,6 +23,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from . import run_record
 from .config import job_type_spec, load_config, resolve_config_path
 from .db import (
     Database,
@@ -37,6 +38,8 @@ from .db import (
 from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
 from .layout import BatchLayout
 from .plan import count_needing_work
+from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
+from .states import RunStatus
 from .sync import sync_batch
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -318,72 +321,12 @@ def _signals_ignored() -> Iterator[None]:
 
 def _settle_stopped(db: Database, config: Mapping[str, Any], batch_id: int, job_type: str) -> None:
     """After a stop that Snakemake did not finish itself (it was killed, or died before its
-    onerror): settle the run as recovery settles a dead one (its SLURM jobs cancelled,
-    chunk processes stopped, results recorded, items handed back, run closed)."""
+    onerror): settle the run as any dead run is settled (:func:`ecod_jobs.recovery.settle_run`)."""
     from .recovery import recover_dead_runs
 
     with contextlib.suppress(DatabaseError):  # when the database is away, the next run does it
         # no run is excluded: the stopped run is one of the dead ones now
-        recover_dead_runs(db, config, batch_id, job_type, str(uuid.uuid4()))
-
-
-def _is_snakemake(pid: int) -> bool:
-    """The recorded pid is still the run's Snakemake, not a process that reused the pid."""
-    try:
-        return b"snakemake" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc to tell: trust the pid
-        return True
-
-
-STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
-    (signal.SIGINT, 30),  # as Ctrl-C: Snakemake cancels its SLURM jobs and runs onerror
-    (signal.SIGTERM, 10),
-    (signal.SIGKILL, 10),  # Snakemake waiting for missing outputs ignores both
-)
-
-
-def stop_workflow(pid: int, steps: tuple[tuple[signal.Signals, float], ...] = STOP_STEPS) -> list[str]:
-    """Stop a Snakemake process and, when it leads one, its whole process group (its local
-    jobs): each signal in turn, waiting its bounded time for everything to be gone.
-
-    Returns the signals sent, e.g. ``['SIGINT']``, or ``['SIGINT', 'SIGTERM', 'SIGKILL']``
-    when the first two were ignored; ``[]`` when it was already gone.
-    """
-    from .lease import pid_alive
-    from .managers.local import group_alive
-
-    try:
-        group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return []
-
-    def alive() -> bool:
-        return group_alive(pid) if group else pid_alive(pid)
-
-    sent: list[str] = []
-    for sig, wait in steps:
-        if not alive():
-            break
-        try:
-            os.killpg(pid, sig) if group else os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        sent.append(sig.name)
-        deadline = time.monotonic() + wait
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-    return sent
-
-
-def describe_stop(sent: list[str]) -> str:
-    """``with SIGINT``; ``with SIGKILL after SIGINT and SIGTERM were ignored``."""
-    if not sent:
-        return "already gone"
-    if len(sent) == 1:
-        return f"with {sent[0]}"
-    return f"with {sent[-1]} after {' and '.join(sent[:-1])} {'was' if len(sent) == 2 else 'were'} ignored"
+        recover_dead_runs(db, config, batch_id, job_type, None)
 
 
 def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
@@ -392,13 +335,7 @@ def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[s
     counts = status_counts(db, batch_id)
     by_status = ordered_counts(counts)
     jobs = job_counts(db, batch_id)
-    runs = db.query(
-        sql.SQL(
-            "SELECT run_id, job_type, status, host, started_at, ended_at, message FROM {}"
-            " WHERE batch_id = %s ORDER BY started_at DESC LIMIT 5"
-        ).format(db.table("ecod_jobs_run")),
-        (batch_id,),
-    )
+    runs = run_record.history(db, batch_id, limit=5)
     return {
         "batch_id": batch_id,
         "name": batch.batch_name,
@@ -407,19 +344,11 @@ def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[s
         "by_status": by_status,
         "jobs": {s: jobs.get(s, 0) for s in ("submitted", "completed", "failed")},
         "failed_items": failed_items(db, batch_id, limit=failed_limit),
-        "runs": [
-            {
-                "run_id": str(r[0]),
-                "job_type": r[1],
-                "status": r[2],
-                "host": r[3],
-                "started_at": r[4].isoformat() if r[4] else None,
-                "ended_at": r[5].isoformat() if r[5] else None,
-                "message": r[6],
-            }
-            for r in runs
-        ],
+        "runs": [{k: r[k] for k in _STATUS_RUN_FIELDS} for r in runs],
     }
+
+
+_STATUS_RUN_FIELDS = ("run_id", "job_type", "status", "host", "started_at", "ended_at", "message")
 
 
 def cancel_batch(
@@ -430,92 +359,73 @@ def cancel_batch(
 ) -> dict[str, Any]:
     """Stop the batch's live runs and everything of them, then record it.
 
-    Each run's Snakemake (on this host) is stopped with :func:`stop_workflow`:
+    Each run's Snakemake (on this host) is stopped with :func:`~ecod_jobs.processes.stop_workflow`:
     SIGINT (Snakemake scancels its jobs), then SIGTERM, then SIGKILL of its whole
     process group, each after a bounded wait. Only then, so that nothing resubmits
-    them, every SLURM job of the batch's runs still queued or running is cancelled
-    and waited for, chunk processes still holding their locks are stopped, the
-    results are recorded, and the runs' leases are released.
+    them, each run is settled as a dead one is (:func:`~ecod_jobs.recovery.settle_run`:
+    its SLURM jobs cancelled and waited for, chunk processes stopped, results
+    recorded, lease released) and closed as ``cancelled``. Live runs on other hosts
+    cannot be signalled from here and are left alone (``not_stopped``).
     """
-    from . import slurm_commands
-    from .lease import release
-    from .ownership import check_run, warn_foreign
-    from .recovery import live_slurm_jobs, stop_chunk_processes, wait_gone
-    from .sync import release_unstarted_items, run_state
+    from .recovery import settle_run
 
     require_batch(db, batch_id)
-    runs = db.query(
-        sql.SQL(
-            "SELECT run_id, host, pid, job_type FROM {} WHERE batch_id = %s AND status = 'running'"
-        ).format(db.table("ecod_jobs_run")),
-        (batch_id,),
-    )
     here = socket.gethostname()
     stopped: dict[str, str] = {}  # run id -> how it was stopped
-    elsewhere: list[str] = []  # live runs on other hosts: they cannot be signalled from here
-    settle = []
-    for run_id, host, pid, job_type in runs:
-        run_id = str(run_id)
-        if host == here and pid and _is_snakemake(int(pid)):
-            sent = stop_workflow(int(pid), stop_steps)
-            if sent:
-                stopped[run_id] = describe_stop(sent)
-        elif host != here and run_state(db, run_id) == "alive":
-            elsewhere.append(f"{run_id} on {host} (pid {pid})")
+    elsewhere: list[str] = []
+    to_settle = []
+    open_runs = run_record.open_runs(db, batch_id)
+    for found in open_runs:
+        if found.host == here and found.pid and is_snakemake(found.pid):
+            if sent := stop_workflow(found.pid, stop_steps):
+                stopped[found.run_id] = describe_stop(sent)
+        elif found.host != here and found.alive:
+            elsewhere.append(found.describe())
             continue
-        settle.append((run_id, job_type))
-    # Jobs still queued or running: a run whose head node died cancelled nothing,
-    # Snakemake's Ctrl-C can miss array tasks it was still submitting, and a killed
-    # Snakemake cancelled nothing. Found by job row, attempt file and job-name prefix.
-    found = {
+        to_settle.append(found)
+    # Jobs of no open run: submitted through the Python job managers, or left by an
+    # ended run whose record missed them.
+    scancelled = _cancel_stray_jobs(db, batch_id, [r.run_id for r in open_runs])
+    work_root = config["pipeline"]["work_root"]
+    for found in to_settle:
+        how = f"; stopped {stopped[found.run_id]}" if found.run_id in stopped else ""
+        settled = settle_run(
+            db,
+            BatchLayout.create(work_root, batch_id, found.job_type).run(found.run_id),
+            batch_id,
+            status=RunStatus.CANCELLED,
+            message=f"cancelled with ecod-jobs cancel{how}",
+        )
+        scancelled += settled["scancelled"]
+    report = sync_batch(db, config, batch_id)
+    return {
+        "signalled_runs": list(stopped),
+        "stopped": stopped,
+        "not_stopped": elsewhere,
+        "scancelled": sorted(set(scancelled)),
+        **report,
+    }
+
+
+def _cancel_stray_jobs(db: Database, batch_id: int, open_run_ids: list[str]) -> list[str]:
+    """scancel the batch's jobs still recorded as submitted that belong to no open run."""
+    from . import slurm_commands
+
+    live = sorted(
         str(r[0])
         for r in db.query(
             sql.SQL(
                 "SELECT DISTINCT slurm_job_id FROM {} WHERE batch_id = %s AND status = 'submitted'"
                 " AND slurm_job_id IS NOT NULL AND (run_id IS NULL OR NOT run_id::text = ANY(%s))"
             ).format(db.table("job")),
-            (batch_id, [e.split()[0] for e in elsewhere]),
+            (batch_id, open_run_ids),
         )
-    }
-    work_root = config["pipeline"]["work_root"]
-    layouts = {r: BatchLayout.create(work_root, batch_id, t).run(r) for r, t in settle}
-    foreign = set()
-    for run_id, layout in layouts.items():
-        if (reason := check_run(db, layout)) is not None:
-            warn_foreign(layout, reason)  # its files are another database's: read and stop nothing
-            foreign.add(run_id)
-    for layout in layouts.values():
-        found.update(live_slurm_jobs(db, layout))
-    live = sorted(found)
-    scancelled = []
+    )
     if live and slurm_commands.available("scancel"):
         slurm_commands.scancel(live)
-        wait_gone(live)  # scancel is asynchronous: nothing of the runs is queued after cancel
-        scancelled = live
-    for run_id, layout in layouts.items():
-        if run_id in foreign or not layout.plan.exists():
-            # another database's files at its path, or no plan: its items from its rows alone
-            release_unstarted_items(db, run_id)
-        else:
-            stop_chunk_processes(layout)  # read the files only once nothing can write them
-        how = f"; stopped {stopped[run_id]}" if run_id in stopped else ""
-        db.query(
-            sql.SQL(
-                "UPDATE {} SET status = 'cancelled', ended_at = coalesce(ended_at, now()), message = %s"
-                " WHERE run_id = %s"
-            ).format(db.table("ecod_jobs_run")),
-            (f"cancelled with ecod-jobs cancel{how}", run_id),
-        )
-    report = sync_batch(db, config, batch_id)
-    for run_id in layouts:
-        release(db, run_id)
-    return {
-        "signalled_runs": list(stopped),
-        "stopped": stopped,
-        "not_stopped": elsewhere,
-        "scancelled": scancelled,
-        **report,
-    }
+        slurm_commands.wait_gone(live)
+        return live
+    return []
 
 
 __all__ = ["BatchResult", "batch_status", "cancel_batch", "run_batch"]

@@ -3,10 +3,11 @@
 A run takes the lease before it plans (``run_batch`` and the workflow's
 ``onstart``), renews it every ``HEARTBEAT_SECONDS`` from the main Snakemake
 process, and drops it at the end. A second run is refused with the holder's
-host, pid, run id and times. A holder that stopped renewing for
-``LEASE_SECONDS`` (or whose pid is gone on this very host) is dead: the next
-run takes the lease over, without anyone editing the database, and recovers
-the dead run (see :func:`ecod_jobs.recovery.recover_dead_runs`).
+host, pid, run id and times. A holder that is not alive by the one liveness
+rule (:func:`ecod_jobs.run_record.is_alive`: it stopped renewing for
+``LEASE_SECONDS``, or its pid is gone on this very host) is dead: the next run
+takes the lease over, without anyone editing the database, and settles the
+dead run (see :func:`ecod_jobs.recovery.recover_dead_runs`).
 """
 
 from __future__ import annotations
@@ -22,28 +23,12 @@ from psycopg2 import sql
 
 from .db import Database
 from .exceptions import RunConflictError
+from .run_record import LEASE_SECONDS, is_alive
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120
 HEARTBEAT_SECONDS = 30
 RETRY_SECONDS = 5  # heartbeat retries while the database is away
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a killed process awaiting its reaper)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill(0)
-    return state not in ("Z", "X")
 
 
 def holder(db: Database, batch_id: int, job_type: str) -> dict[str, Any] | None:
@@ -67,12 +52,6 @@ def holder(db: Database, batch_id: int, job_type: str) -> dict[str, Any] | None:
     }
 
 
-def _is_dead(current: dict[str, Any]) -> bool:
-    if current["heartbeat_age"] > LEASE_SECONDS:
-        return True
-    return current["host"] == socket.gethostname() and not pid_alive(int(current["pid"]))
-
-
 def acquire(db: Database, batch_id: int, job_type: str, run_id: str, pid: int | None = None) -> str | None:
     """Take the lease for ``run_id``; returns the dead holder's run id it replaced, if any.
 
@@ -82,7 +61,7 @@ def acquire(db: Database, batch_id: int, job_type: str, run_id: str, pid: int | 
     current = holder(db, batch_id, job_type)
     replaced = None
     if current and current["run_id"] != run_id:
-        if not _is_dead(current):
+        if is_alive(current["host"], current["pid"], current["heartbeat_age"]):
             raise RunConflictError(
                 f"batch {batch_id} (job type {job_type}) is already being run by run {current['run_id']}"
                 f" on host {current['host']} (pid {current['pid']})"

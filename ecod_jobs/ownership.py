@@ -26,6 +26,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from . import run_record
 from .db import Database
 from .layout import BatchLayout, RunLayout
 
@@ -85,13 +86,7 @@ def warn_foreign(run: RunLayout, reason: str) -> None:
 
 def check_run(db: Database, run: RunLayout) -> str | None:
     """:func:`foreign_reason` for one run directory (for runs found by their row)."""
-    row = None
-    if _UUID_RE.match(run.run_id):
-        rows = db.query(
-            sql.SQL("SELECT batch_id, job_type FROM {} WHERE run_id = %s").format(db.table("ecod_jobs_run")),
-            (run.run_id,),
-        )
-        row = (int(rows[0][0]), str(rows[0][1])) if rows else None
+    row = run_record.owner(db, run.run_id) if _UUID_RE.match(run.run_id) else None
     plan = _read_plan(run) if run.plan.exists() else None
     return foreign_reason(run.run_id, plan, row, database_id(db))
 
@@ -102,13 +97,7 @@ def owned_runs(db: Database, layout: BatchLayout, batch_id: int, job_type: str) 
     runs = layout.runs()
     if not runs:
         return []
-    rows = db.query(
-        sql.SQL("SELECT run_id::text FROM {} WHERE batch_id = %s AND job_type = %s").format(
-            db.table("ecod_jobs_run")
-        ),
-        (batch_id, job_type),
-    )
-    known = {str(r[0]) for r in rows}
+    known = run_record.run_ids(db, batch_id, job_type)
     this_database = database_id(db)
     kept = []
     for run in runs:

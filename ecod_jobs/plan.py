@@ -25,6 +25,7 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from . import run_record
 from .config import JobTypeSpec, seconds_to_time, time_to_seconds
 from .db import Database, require_batch
 from .db.batches import Batch
@@ -195,12 +196,7 @@ def plan_run(
                     ).format(db.table("batch")),
                     (batch_id,),
                 )
-                cur.execute(
-                    sql.SQL("UPDATE {} SET planned_items = %s, planned_chunks = %s WHERE run_id = %s").format(
-                        db.table("ecod_jobs_run")
-                    ),
-                    (len(rows), len(chunks), layout.run_id),
-                )
+                run_record.record_planned(cur, db, layout.run_id, len(rows), len(chunks))
         finally:
             writer.join()  # also when the database work failed: no writer outlives the plan
         if writer.error is not None:

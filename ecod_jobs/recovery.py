@@ -1,35 +1,35 @@
-"""Recovering from a run that died (head node crash, SIGKILL, reboot).
+"""Settling a run that will not end by itself: the one way, used by everyone.
 
-When a new run takes the lease over from a dead one, it first settles the
-dead run: its SLURM jobs still queued or running are cancelled (not adopted:
-Snakemake cannot re-attach to them, and their chunks will be planned again),
-every process still holding one of its chunk locks on this host is stopped,
-the chunks it finished are recorded from their result files (so they are not
-rerun), and the items it never finished go back to ``pending``.
+A run is settled when it died (head node crash, SIGKILL, reboot, its lease
+taken over), when ``ecod-jobs cancel`` stops it, and when ``ecod-jobs run`` was
+told to stop and its Snakemake did not finish the record itself.
+:func:`settle_run` does it, in this order: its SLURM jobs still queued or
+running are cancelled and waited for (not adopted: Snakemake cannot re-attach
+to them, and their chunks will be planned again), every process still holding
+one of its chunk locks on this host is stopped, the chunks it finished are
+recorded from their result files (so they are not rerun), the items it never
+finished go back to ``pending``, and its record is closed. Who is dead is
+decided by the one liveness rule, :func:`ecod_jobs.run_record.is_alive`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
 
+from . import run_record, slurm_commands
 from .db import Database
 from .exceptions import RunConflictError
 from .layout import BatchLayout, RunLayout
+from .lease import release
 from .ownership import check_run, warn_foreign
-from .sync import close_dead_run, finish_run, reconcile_run, release_unstarted_items, run_state
+from .processes import stop_lock_holders
+from .states import RunStatus
+from .sync import finish_run, reconcile_run, release_unstarted_items
 
 log = logging.getLogger(__name__)
 
@@ -61,56 +61,9 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
                     for m in run.attempts(chunk["chunk_id"]).values()
                     if m.get("slurm_job_id")
                 )
-    if shutil.which("squeue"):  # tasks still queued have written nothing yet: find them by name
-        prefix = slurm_name_prefix(run.run_id) + "_"
-        out = subprocess.run(
-            ["squeue", "--me", "-h", "-o", "%i|%j"], capture_output=True, text=True, check=False
-        ).stdout
-        # pending array tasks are listed as one entry, "123_[4-9%2]", which scancel does not
-        # take: cancel the array (all of its tasks are this run's)
-        ids.update(
-            i.split("_")[0] if "[" in i else i
-            for i, _, name in (line.partition("|") for line in out.splitlines())
-            if name.startswith(prefix)
-        )
+    # tasks still queued have written nothing yet: find them by their name
+    ids.update(slurm_commands.jobs_named(slurm_name_prefix(run.run_id) + "_"))
     return sorted(ids)
-
-
-def _lock_free(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:  # no locking on this filesystem: nothing can be holding it either
-        return True
-    finally:
-        os.close(fd)  # closing drops our lock again
-
-
-def _local_holders(path: Path) -> list[int]:
-    """Processes on this host with the lock file open (runner and item processes)."""
-    target = os.path.realpath(path)
-    holders = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            fds = list((proc / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) == target:
-                    holders.append(int(proc.name))
-                    break
-            except OSError:
-                continue
-    return holders
 
 
 def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30) -> int:
@@ -124,98 +77,89 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
     """
     if not run.plan.exists():
         return 0
-    held = [
-        run.lock(c["chunk_id"])
-        for c in run.read_plan()["chunks"]
-        if not run.result(c["chunk_id"]).exists() and not _lock_free(run.lock(c["chunk_id"]))
+    unfinished = [
+        run.lock(c["chunk_id"]) for c in run.read_plan()["chunks"] if not run.result(c["chunk_id"]).exists()
     ]
-    stopped: set[int] = set()
-    start = time.monotonic()
-    for sig, until in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
-        for path in held:
-            for pid in _local_holders(path):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-                    stopped.add(pid)
-        while held and time.monotonic() - start < until:
-            held = [p for p in held if not _lock_free(p)]
-            if held:
-                time.sleep(0.2)
+    stopped, held = stop_lock_holders(unfinished, grace, timeout)
     if held:
         raise RunConflictError(
             f"processes of dead run {run.run_id} still hold {', '.join(p.name for p in held)}"
             f" (not on this host, {socket.gethostname()}); their items would run twice."
             " Wait for them to end (or kill them), then run again"
         )
-    return len(stopped)
+    return stopped
 
 
-def wait_gone(job_ids: list[str], timeout: float = 120) -> None:
-    """Wait until squeue lists none of the jobs as pending or running (scancel is asynchronous)."""
-    bases = {j.split("_")[0] for j in job_ids}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["squeue", "--me", "-h", "-t", "PD,R,CG,CF,S", "-o", "%i"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        if not any(line.split("_")[0] in bases for line in out.split()):
-            return
-        time.sleep(1)
-    log.warning("cancelled jobs %s still listed by squeue after %.0f s", job_ids, timeout)
+def cancel_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
+    """Cancel whatever SLURM still holds of ``run`` and wait until it is gone; returns the ids."""
+    if (live := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
+        slurm_commands.scancel(live)
+        slurm_commands.wait_gone(live)  # scancel is asynchronous
+        return live
+    return []
+
+
+_DIED = "interrupted: its process died before the run ended"
+
+
+def settle_run(
+    db: Database,
+    run: RunLayout,
+    batch_id: int,
+    *,
+    status: RunStatus = RunStatus.INTERRUPTED,
+    message: str = _DIED,
+) -> dict[str, Any]:
+    """Settle a run that is not alive (or was just stopped) and close it with ``status``.
+
+    ``INTERRUPTED`` (it died) hands the items it never finished back to ``pending``;
+    ``CANCELLED`` records them failed, as a run that ended would. Returns what
+    :func:`~ecod_jobs.sync.reconcile_run` reports, with the SLURM jobs it cancelled
+    (``scancelled``) and whether the run had recorded its own end (``ended``).
+    """
+    scancelled: list[str] = []
+    summary: dict[str, Any] = {"chunks": 0, "settled": 0}
+    ended = run.read_ended()
+    if (reason := check_run(db, run)) is not None:
+        # The directory at its path holds another database's run: read, stop and cancel
+        # nothing of it. Our run's jobs are still found by row and name.
+        warn_foreign(run, reason)
+        if (stray := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
+            slurm_commands.scancel(stray)
+            scancelled = stray
+        release_unstarted_items(db, run.run_id)
+    elif ended is not None:
+        # It ended, but the database did not hear of it (away, or the head was killed
+        # between ended.json and its record): finish the record as the run would have.
+        scancelled = cancel_slurm_jobs(db, run)
+        summary = finish_run(db, run, batch_id, bool(ended.get("success")))
+    else:
+        if scancelled := cancel_slurm_jobs(db, run):
+            log.warning("cancelled %d SLURM jobs left by run %s", len(scancelled), run.run_id)
+        # read the files only once nothing can write them any more
+        if stopped := stop_chunk_processes(run):
+            log.warning("stopped %d processes left by run %s", stopped, run.run_id)
+        if run.plan.exists():
+            summary = reconcile_run(db, run, run_over=True, interrupted=status is RunStatus.INTERRUPTED)
+        else:  # died between committing its plan and keeping plan.json
+            release_unstarted_items(db, run.run_id)
+    run_record.close_settled(db, run.run_id, status, message)
+    release(db, run.run_id)  # a no-op when another run has taken its lease over
+    return {**summary, "scancelled": scancelled, "ended": ended is not None}
 
 
 def recover_dead_runs(
-    db: Database, config: Mapping[str, Any], batch_id: int, job_type: str, current_run_id: str
+    db: Database, config: Mapping[str, Any], batch_id: int, job_type: str, current_run_id: str | None
 ) -> list[str]:
-    """Settle every dead run of this batch and job type; returns their run ids."""
-    from . import slurm_commands
-
-    rows = db.query(
-        sql.SQL(
-            "SELECT run_id FROM {} WHERE batch_id = %s AND job_type = %s AND status = 'running'"
-            " AND run_id <> %s"
-        ).format(db.table("ecod_jobs_run")),
-        (batch_id, job_type, current_run_id),
-    )
-    recovered = []
+    """Settle every dead run of this batch and job type (never ``current_run_id``); returns
+    their run ids. Then hands back items that ended runs left in 'processing'."""
     layout = BatchLayout.create(config["pipeline"]["work_root"], batch_id, job_type)
-    for (run_uuid,) in rows:
-        run_id = str(run_uuid)
-        if run_state(db, run_id) == "alive":
+    recovered = []
+    for found in run_record.open_runs(db, batch_id, job_type):
+        if found.run_id == current_run_id or found.alive:
             continue
-        run = layout.run(run_id)
-        if (reason := check_run(db, run)) is not None:
-            # The directory at its path holds another database's run: read, stop and
-            # cancel nothing of it. Our run's jobs are still found by row and name.
-            warn_foreign(run, reason)
-            if (stray := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
-                slurm_commands.scancel(stray)
-            release_unstarted_items(db, run_id)
-            close_dead_run(db, run_id)
-            recovered.append(run_id)
-            continue
-        ended = run.read_ended()
-        if ended is not None:  # it ended while the database was away: finish its record
-            finish_run(db, run, batch_id, bool(ended.get("success")))
-            recovered.append(run_id)
-            continue
-        stray = live_slurm_jobs(db, run)
-        if stray and slurm_commands.available("scancel"):
-            log.warning("cancelling %d SLURM jobs left by dead run %s", len(stray), run_id)
-            slurm_commands.scancel(stray)
-            wait_gone(stray)
-        # read the files only once nothing can write them any more
-        if stopped := stop_chunk_processes(run):
-            log.warning("stopped %d processes left by dead run %s", stopped, run_id)
-        if run.plan.exists():
-            reconcile_run(db, run, run_over=True, interrupted=True)
-        else:  # died between committing its plan and keeping plan.json
-            release_unstarted_items(db, run_id)
-        close_dead_run(db, run_id)
-        recovered.append(run_id)
+        settle_run(db, layout.run(found.run_id), batch_id)
+        recovered.append(found.run_id)
     if stranded := release_stranded_items(db, batch_id):
         log.warning(
             "batch %d: %d items left in 'processing' by ended runs are pending again", batch_id, stranded

@@ -1,7 +1,9 @@
-"""The SLURM command-line layer: sbatch, squeue, sacct and scancel as plain functions.
+"""The SLURM command-line layer: every sbatch, squeue, sacct, scancel and scontrol call.
 
-Shared by the SlurmJobManager and the workflow's sync code, so nothing here
-knows about managers or the database. Every state goes through
+Shared by the SlurmJobManager, the ecod-slurm executor plugin (array submission
+and throttles), recovery and cancel (finding a run's jobs by name, waiting for
+a cancel to land) and sync (sacct detail), so nothing here knows about
+managers or the database. Every state goes through
 :func:`ecod_jobs.states.normalize_state`.
 
 Polling follows what SLURM can answer:
@@ -21,8 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -214,6 +218,81 @@ def scancel(job_ids: Iterable[str], *, signal: str | None = None) -> None:
             raise JobExecutionError(
                 f"scancel failed: {problems[0].strip()}", {"job_ids": ids, "stderr": result.stderr}
             )
+
+
+def submit_array_script(sbatch_call: str, script: str) -> str:
+    """Run an ``sbatch`` command line built by the SLURM plugin (shell syntax, ending in
+    ``/dev/stdin``) with ``script`` on its standard input; returns its standard output.
+    Raises ``JobSubmissionError`` with sbatch's message when refused."""
+    try:
+        proc = subprocess.run(
+            sbatch_call, shell=True, input=script, text=True, capture_output=True, timeout=DEFAULT_TIMEOUT
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JobSubmissionError(f"sbatch failed: {exc} ({sbatch_call})", {"command": sbatch_call}) from None
+    if proc.returncode != 0:
+        raise JobSubmissionError(
+            f"sbatch exited {proc.returncode}: {proc.stderr.strip()} ({sbatch_call})",
+            {"command": sbatch_call, "stderr": proc.stderr},
+        )
+    return proc.stdout
+
+
+def _scontrol(args: Sequence[str]) -> str | None:
+    """Run one scontrol command; None on success, else what went wrong."""
+    command = ["scontrol", *args]
+    try:
+        done = _run(command)
+    except JobError as exc:
+        return f"{shlex.join(command)} failed: {exc}"
+    return None if done.returncode == 0 else f"{shlex.join(command)} failed: {done.stderr.strip()}"
+
+
+def set_array_throttle(array_id: str, throttle: int, *, release: bool = False) -> str | None:
+    """At most ``throttle`` of the array's tasks running at once (and release it from
+    ``--hold`` when asked). None on success, else what SLURM refused."""
+    failed = _scontrol(["update", f"JobId={array_id}", f"ArrayTaskThrottle={throttle}"])
+    if failed is None and release:
+        failed = _scontrol(["release", array_id])
+    return failed
+
+
+def jobs_named(prefix: str) -> list[str]:
+    """Ids of this user's queued and running jobs whose name starts with ``prefix``. A
+    pending array's tasks are listed as one entry (``123_[4-9%2]``), which scancel does not
+    take: its array id (``123``) stands for them."""
+    if not available("squeue"):
+        return []
+    try:
+        out = _run(["squeue", "--me", "-h", "-o", "%i|%j"]).stdout
+    except JobError as exc:
+        log.warning("cannot list jobs named %s*: %s", prefix, exc)
+        return []
+    return sorted(
+        {
+            job_id.split("_")[0] if "[" in job_id else job_id
+            for job_id, _, name in (line.partition("|") for line in out.splitlines())
+            if name.startswith(prefix)
+        }
+    )
+
+
+def wait_gone(job_ids: Sequence[str], timeout: float = 120) -> bool:
+    """Wait until squeue lists none of the jobs (or their arrays) as pending, running,
+    completing or suspended: scancel is asynchronous. False if some are still listed."""
+    bases = {j.split("_")[0] for j in job_ids}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            out = _run(["squeue", "--me", "-h", "-t", "PD,R,CG,CF,S", "-o", "%i"]).stdout
+        except JobError as exc:
+            log.warning("cannot tell whether jobs %s are gone: %s", list(job_ids), exc)
+            return False
+        if not any(line.split("_")[0] in bases for line in out.split()):
+            return True
+        time.sleep(1)
+    log.warning("cancelled jobs %s still listed by squeue after %.0f s", list(job_ids), timeout)
+    return False
 
 
 # --------------------------------------------------------------------------- parsing

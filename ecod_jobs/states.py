@@ -10,6 +10,8 @@ Database vocabularies (pyECOD's, unchanged):
   job.status            submitted | completed | failed
   job_item.status       pending | completed | failed
   process_status.status pending | processing | success | error | skipped
+ecod-jobs' own:
+  ecod_jobs_run.status  running | success | error | interrupted | cancelled  (:class:`RunStatus`)
 """
 
 from __future__ import annotations
@@ -119,10 +121,6 @@ def phase_of(raw: str | None) -> Phase:
     return STATES[normalize_state(raw)].phase
 
 
-def is_finished(raw: str | None) -> bool:
-    return phase_of(raw).finished
-
-
 def is_failure(raw: str | None) -> bool:
     return phase_of(raw) is Phase.FAILED
 
@@ -157,3 +155,21 @@ PROCESS_DONE = frozenset({"success", "skipped"})
 PROCESS_STATUSES = ("pending", "processing", "success", "error", "skipped")
 JOB_STATUSES = ("submitted", "completed", "failed")
 JOB_ITEM_STATUSES = ("pending", "completed", "failed")
+
+
+class RunStatus(StrEnum):
+    """``ecod_jobs_run.status``: a workflow run's life. Only ``RUNNING`` is open."""
+
+    RUNNING = "running"
+    SUCCESS = "success"  # every chunk ran and no item failed
+    ERROR = "error"  # the workflow failed, or some items did
+    INTERRUPTED = "interrupted"  # its process died (or was stopped) before it ended; settled by another
+    CANCELLED = "cancelled"  # stopped by ``ecod-jobs cancel``
+
+
+class Liveness(StrEnum):
+    """What :func:`ecod_jobs.run_record.liveness` says of a run."""
+
+    ALIVE = "alive"  # still running (see run_record for the one rule)
+    DEAD = "dead"  # recorded as running, but its process is gone: settle it
+    ENDED = "ended"  # closed with a final RunStatus

@@ -16,7 +16,6 @@ the last attempt while it has none.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,10 +24,11 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from . import run_record
 from .db import Database
 from .db.bulk import copy_rows, copy_value
 from .layout import BatchLayout, RunLayout, read_jsonl
-from .states import PROCESS_DONE, is_failure, normalize_state
+from .states import PROCESS_DONE, Liveness, RunStatus, is_failure, normalize_state
 
 log = logging.getLogger(__name__)
 
@@ -439,15 +439,6 @@ def update_batch_totals(db: Database, batch_id: int) -> tuple[int, int]:
     return int(done), int(total)
 
 
-def finish_run_row(db: Database, run_id: str, status: str, message: str | None = None) -> None:
-    db.query(
-        sql.SQL("UPDATE {} SET status = %s, message = %s, ended_at = now() WHERE run_id = %s").format(
-            db.table("ecod_jobs_run")
-        ),
-        (status, message, run_id),
-    )
-
-
 def reconcile_run(
     db: Database, layout: RunLayout, *, run_over: bool = True, interrupted: bool = False
 ) -> dict[str, int]:
@@ -468,54 +459,26 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
         message = "the run ended before it was planned"
         if handed_back := release_unstarted_items(db, run.run_id):
             message += f"; its {handed_back} items are pending again"
-        finish_run_row(db, run.run_id, "error", message)
+        run_record.close(db, run.run_id, RunStatus.ERROR, message)
         return {"chunks": 0, "settled": 0, "message": message}
     # A run that failed before any chunk started (no attempt file) did nothing to its
     # items: they go back to 'pending', as a dead run's do, instead of 'error'.
     unstarted = not success and not run.attempts_by_chunk()
     if unstarted:
-        _cancel_queued(db, run)  # a task starting after its items were handed back would run them twice
+        from .recovery import cancel_slurm_jobs
+
+        cancel_slurm_jobs(db, run)  # a task starting after its items were handed back would run them twice
     summary: dict[str, Any] = dict(reconcile_run(db, run, run_over=True, interrupted=unstarted))
     by_status = status_counts(db, batch_id, run.run_id)
     failed_items = by_status.get("error", 0)
-    status = "success" if success and not failed_items else "error"
+    status = RunStatus.SUCCESS if success and not failed_items else RunStatus.ERROR
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
     if unstarted:
         message = f"the run ended before any chunk started; its {summary['chunks']} chunks' items are pending"
     if misrouted := run.misrouted_reasons():
-        status, message = "error", f"{message}; stopped: {misrouted[0]}"
-    finish_run_row(db, run.run_id, status, message)
+        status, message = RunStatus.ERROR, f"{message}; stopped: {misrouted[0]}"
+    run_record.close(db, run.run_id, status, message)
     return {**summary, "message": message}
-
-
-def _cancel_queued(db: Database, run: RunLayout) -> None:
-    """Cancel, and wait out, whatever SLURM still holds of ``run``."""
-    from . import slurm_commands
-    from .recovery import live_slurm_jobs, wait_gone
-
-    if (queued := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
-        slurm_commands.scancel(queued)
-        wait_gone(queued)
-
-
-def run_state(db: Database, run_id: str) -> str:
-    """``alive`` (its process runs), ``dead`` (never ended, process gone) or ``ended``."""
-    from .lease import LEASE_SECONDS, pid_alive
-
-    rows = db.query(
-        sql.SQL(
-            "SELECT r.status, r.host, r.pid, extract(epoch FROM now() - l.heartbeat_at) FROM {} r"
-            " LEFT JOIN {} l ON l.run_id = r.run_id WHERE r.run_id = %s"
-        ).format(db.table("ecod_jobs_run"), db.table("ecod_jobs_lease")),
-        (run_id,),
-    )
-    if not rows or rows[0][0] != "running":
-        return "ended"
-    _status, host, pid, beat_age = rows[0]
-    if host == socket.gethostname():
-        return "alive" if pid and pid_alive(int(pid)) else "dead"
-    # another host: alive while its lease is renewed
-    return "alive" if beat_age is not None and float(beat_age) <= LEASE_SECONDS else "dead"
 
 
 def sync_batch(
@@ -536,36 +499,21 @@ def sync_batch(
     for name in types:
         # only this database's runs: a work root may be shared (see ownership.py)
         for run in owned_runs(db, BatchLayout.create(work_root, batch_id, name), batch_id, name):
-            state = run_state(db, run.run_id)
-            ended = run.read_ended()
-            if ended is not None and state != "ended":
-                # Snakemake ended while the database was away: finish the record now.
-                from .lease import release
+            state = run_record.liveness(db, run.run_id)
+            if state is Liveness.DEAD or (state is Liveness.ALIVE and run.read_ended() is not None):
+                # it died, or it ended while the database was away: settle it, once
+                from .recovery import settle_run
 
-                result = finish_run(db, run, batch_id, bool(ended.get("success")))
-                release(db, run.run_id)
-                report["finished_runs"] += 1
+                result = settle_run(db, run, batch_id)
+                report["finished_runs"] += result["ended"]
             else:
-                result = reconcile_run(db, run, run_over=state != "alive", interrupted=state == "dead")
-                if state == "dead":
-                    close_dead_run(db, run.run_id)
+                result = reconcile_run(db, run, run_over=state is Liveness.ENDED)
             report["runs"] += 1
             report["chunks"] += result["chunks"]
             report["settled"] += result["settled"]
     done, total = update_batch_totals(db, batch_id)
     report.update(done=done, total=total)
     return report
-
-
-def close_dead_run(db: Database, run_id: str) -> None:
-    db.query(
-        sql.SQL(
-            "UPDATE {} SET status = 'interrupted', ended_at = coalesce(ended_at, now()),"
-            " message = coalesce(message, 'interrupted: its process died before the run ended')"
-            " WHERE run_id = %s AND status = 'running'"
-        ).format(db.table("ecod_jobs_run")),
-        (run_id,),
-    )
 
 
 def release_unstarted_items(db: Database, run_id: str) -> int:

@@ -8,11 +8,9 @@ recorder run in the main Snakemake process on the head node only.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import uuid
@@ -21,9 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg2 import sql
-
-from . import __version__
+from . import __version__, run_record
 from .config import JobTypeSpec, config_hash, job_type_spec, load_config
 from .db import Database, init_schema, is_transient, retry_while_away
 from .exceptions import ConfigurationError, DatabaseError
@@ -121,25 +117,15 @@ def on_start(ctx: WorkflowContext) -> None:
     """Record the run; from now on chunks are recorded live as they end."""
     db = ctx.db()
     init_schema(db)
-    db.query(
-        sql.SQL(
-            "INSERT INTO {} (run_id, batch_id, job_type, profile, host, username, pid, config_hash,"
-            " snakemake_version, ecod_jobs_version, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " 'running') ON CONFLICT (run_id) DO UPDATE SET pid = EXCLUDED.pid, status = 'running',"
-            " ended_at = NULL"
-        ).format(db.table("ecod_jobs_run")),
-        (
-            ctx.run_id,
-            ctx.batch_id,
-            ctx.spec.name,
-            _profile_from_argv(sys.argv),
-            socket.gethostname(),
-            getpass.getuser(),
-            os.getpid(),
-            config_hash(ctx.config),
-            snakemake_version(),
-            __version__,
-        ),
+    run_record.start(
+        db,
+        ctx.run_id,
+        ctx.batch_id,
+        ctx.spec.name,
+        profile=_profile_from_argv(sys.argv),
+        config_hash=config_hash(ctx.config),
+        snakemake_version=snakemake_version(),
+        ecod_jobs_version=__version__,
     )
     from .lease import Heartbeat, acquire
     from .recovery import recover_dead_runs

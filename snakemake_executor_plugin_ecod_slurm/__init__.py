@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import shlex
 import shutil
-import subprocess
 import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -52,6 +50,7 @@ from ecod_jobs.slurm_arrays import (
     tasks_by_array,
     write_task_scripts,
 )
+from ecod_jobs.slurm_commands import set_array_throttle, submit_array_script
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -76,15 +75,6 @@ def _throttle_limit(workflow: Any) -> int:
     smk_config = getattr(workflow, "config", None) or {}
     config = load_config(smk_config.get("ecod_config") or None)
     return int((config.get("slurm") or {}).get("array_limit") or 0)
-
-
-def _scontrol(command: list[str]) -> str | None:
-    """Run one scontrol command; None on success, else what went wrong."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{shlex.join(command)} failed: {exc}"
-    return None if done.returncode == 0 else f"{shlex.join(command)} failed: {done.stderr.strip()}"
 
 
 class Executor(SlurmExecutor):
@@ -184,12 +174,8 @@ class Executor(SlurmExecutor):
                 + (" --hold" if held else "")
                 + " /dev/stdin"
             )
-            proc = subprocess.run(
-                sbatch, shell=True, input=dispatcher_script(task_dir), text=True, capture_output=True
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"sbatch exited {proc.returncode}: {proc.stderr.strip()} ({sbatch})")
-            slurm_id = str(validate_or_get_slurm_job_id(proc.stdout.strip().split(";")[0], proc.stdout))
+            out = submit_array_script(sbatch, dispatcher_script(task_dir))
+            slurm_id = str(validate_or_get_slurm_job_id(out.strip().split(";")[0], out))
             self.budget.submitted(slurm_id, len(jobs), throttle, held)
         for index, job in enumerate(jobs, start=1):
             self._report_job_submission_threadsafe(
@@ -246,12 +232,7 @@ class Executor(SlurmExecutor):
             for array_id in set(self._seen) - set(self.budget.arrays):
                 del self._seen[array_id]
         for change in changes:
-            commands = [
-                ["scontrol", "update", f"JobId={change.array_id}", f"ArrayTaskThrottle={change.throttle}"]
-            ]
-            if change.release:
-                commands.append(["scontrol", "release", change.array_id])
-            failed = next(filter(None, map(_scontrol, commands)), None)
+            failed = set_array_throttle(change.array_id, change.throttle, release=change.release)
             with self._budget_lock:
                 (self.budget.undo if failed else self.budget.confirm)(change)
             if failed:

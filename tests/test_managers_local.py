@@ -17,7 +17,7 @@ import pytest
 
 from ecod_jobs import LocalJobManager, create_job_manager
 from ecod_jobs.exceptions import JobSubmissionError, ValidationError
-from ecod_jobs.managers.local import _alive
+from ecod_jobs.processes import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_cancel_running_job_ends_its_process_group(manager: LocalJobManager, tmp
     assert manager.check_job_status(job_id) == "RUNNING"
     assert manager.cancel_job(job_id) is True
     assert manager.check_job_status(job_id) == "CANCELLED"
-    wait_for(lambda: not _alive(child, None), timeout=5)
+    wait_for(lambda: not process_alive(child), timeout=5)
     manager.wait(job_id, timeout=10)
     time.sleep(0.3)  # give the worker time to record the exit it saw
     assert manager.check_job_status(job_id) == "CANCELLED"

@@ -14,11 +14,12 @@ from typing import Any
 
 from psycopg2 import sql
 
+from .. import run_record
 from ..config import seconds_to_time
 from ..db import Database, job_counts, ordered_counts, require_batch, status_counts
 from ..db import require_schema as require_db_schema
-from ..lease import LEASE_SECONDS
 from ..plan import resolve_item_path
+from ..run_record import LEASE_SECONDS
 
 MIN_SCHEMA = 5  # ecod_jobs_status_count
 JOB_LIMIT = 5000  # the latest chunk jobs shown in plots and tables
@@ -91,43 +92,7 @@ def batches(db: Database, limit: int = 500) -> list[dict[str, Any]]:
 
 def runs(db: Database, batch_id: int, limit: int = 50) -> list[dict[str, Any]]:
     """Run provenance, newest first: who ran what where, with which tools and config."""
-    rows = db.query(
-        sql.SQL(
-            "SELECT r.run_id, r.job_type, r.profile, r.host, r.username, r.pid, r.config_hash,"
-            " r.snakemake_version, r.ecod_jobs_version, r.planned_items, r.planned_chunks, r.status,"
-            " r.message, r.started_at, r.ended_at,"
-            " l.heartbeat_at > now() - make_interval(secs => %s) AS live"
-            " FROM {} r LEFT JOIN {} l ON l.run_id = r.run_id"
-            " WHERE r.batch_id = %s ORDER BY r.started_at DESC LIMIT %s"
-        ).format(db.table("ecod_jobs_run"), db.table("ecod_jobs_lease")),
-        (LEASE_SECONDS, batch_id, limit),
-    )
-    keys = [
-        "run_id",
-        "job_type",
-        "profile",
-        "host",
-        "username",
-        "pid",
-        "config_hash",
-        "snakemake_version",
-        "ecod_jobs_version",
-        "planned_items",
-        "planned_chunks",
-        "status",
-        "message",
-        "started_at",
-        "ended_at",
-        "live",
-    ]
-    out = []
-    for row in rows:
-        run = dict(zip(keys, row, strict=True))
-        run["run_id"] = str(run["run_id"])
-        run["started_at"], run["ended_at"] = _iso(run["started_at"]), _iso(run["ended_at"])
-        run["live"] = bool(run["live"])
-        out.append(run)
-    return out
+    return run_record.history(db, batch_id, limit)
 
 
 def chunk_jobs(db: Database, batch_id: int, limit: int = JOB_LIMIT) -> list[dict[str, Any]]:

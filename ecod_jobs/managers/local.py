@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import JobSubmissionError
+from ..processes import KILL_WAIT, kill_group, process_alive, start_ticks
 from ..states import STATES, Phase
 from .base import ConfigLike, JobInfo, JobManager, script_file
 from .script import expand_array, expand_pattern, read_script_header
@@ -57,7 +57,6 @@ from .script import expand_array, expand_pattern, read_script_header
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = ".ecod_jobs/local"
-KILL_WAIT = 5.0  # seconds between SIGTERM and SIGKILL, as SLURM's KillWait
 _JOB_ID_RE = re.compile(r"^(local-[0-9a-f]{12})(?:_(\d+))?$")
 _SINGLE = ""  # task key of a job without an array
 
@@ -65,73 +64,9 @@ _SINGLE = ""  # task key of a job without an array
 _WRAPPER = '"$BASH" "$1"; rc=$?; printf "%d\\n" "$rc" > "$2.tmp" && mv -f "$2.tmp" "$2"; exit "$rc"'
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """(start time in clock ticks, state letter, process group) of a live pid, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[19]), fields[0], int(fields[2])
-
-
-def _alive(pid: int | None, start: int | None) -> bool:
-    """The process is running (not a zombie) and is the same process (start time matches)."""
-    if not pid:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no /proc (not Linux): existence is all we can check
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    started, state, _ = stat
-    return state not in ("Z", "X") and (start is None or started == start)
-
-
-def group_alive(pgid: int) -> bool:
-    """Any non-zombie process left in the group (orphans' zombies may linger unreaped)."""
-    proc = Path("/proc")
-    if not (proc / "self/stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[2] == pgid and stat[1] not in ("Z", "X"):
-                return True
-    return False
-
-
-def kill_group(pgid: int, kill_wait: float = KILL_WAIT) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after ``kill_wait`` seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + kill_wait
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def _self_start() -> int | None:
     # per call, not at import: a forked child is another process with another start time
-    return (_proc_stat(os.getpid()) or (None,))[0]
+    return start_ticks(os.getpid())
 
 
 def _now() -> float:
@@ -444,7 +379,7 @@ class LocalJobManager(JobManager):
             now = _now()
             task.status, task.started_at = "RUNNING", now
             job.status, job.started_at = "RUNNING", job.started_at or now
-            job.pid, job.proc_start, job.current_task = proc.pid, (_proc_stat(proc.pid) or (None,))[0], key
+            job.pid, job.proc_start, job.current_task = proc.pid, start_ticks(proc.pid), key
             limit = job.time_limit
         log.info("local job %s%s started (pid %d)", job_id, f"_{key}" if key else "", proc.pid)
         try:
@@ -495,14 +430,14 @@ class LocalJobManager(JobManager):
     def _owner_alive(self, job: LocalJob) -> bool:
         if job.host != self.host:
             return True  # another machine's job: we cannot tell, so believe its state file
-        return _alive(job.owner_pid, job.owner_start)
+        return process_alive(job.owner_pid, job.owner_start)
 
     def _reconcile(self, job_id: str) -> LocalJob | None:
         """Settle a job whose manager process ended while it was PENDING or RUNNING."""
         with self.state.locked(job_id) as job:
             if job is None or job.finished or self._owner_alive(job):
                 return job
-            if job.status == "RUNNING" and _alive(job.pid, job.proc_start):
+            if job.status == "RUNNING" and process_alive(job.pid, job.proc_start):
                 return job  # the job outlived its manager and is still running
             gone = f"the manager process {job.owner_pid} on {job.host} ended"
             for key, task in job.tasks.items():
@@ -616,4 +551,4 @@ class LocalJobManager(JobManager):
         return True
 
 
-__all__ = ["DEFAULT_STATE_DIR", "LocalJob", "LocalJobManager", "StateStore", "TaskState", "kill_group"]
+__all__ = ["DEFAULT_STATE_DIR", "LocalJob", "LocalJobManager", "StateStore", "TaskState"]

@@ -76,7 +76,7 @@ def test_finished_chunks_and_free_locks_are_left_alone(tmp_path: Path) -> None:
 def test_a_lock_held_elsewhere_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = make_run(tmp_path)
     orphan_holder(run, ignore_term=False)
-    monkeypatch.setattr("ecod_jobs.recovery._local_holders", lambda path: [])  # as if on another host
+    monkeypatch.setattr("ecod_jobs.processes.lock_holders", lambda path: [])  # as if on another host
     with pytest.raises(RunConflictError, match=r"still hold c00000\.lock"):
         stop_chunk_processes(run, grace=0.2, timeout=0.5)
     monkeypatch.undo()

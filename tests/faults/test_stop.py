@@ -18,8 +18,7 @@ from helpers import create_batch, q, squeue_tasks_of_run, start_cli, wait_for, w
 from ecod_jobs.config import load_config
 from ecod_jobs.db import Database
 from ecod_jobs.launch import cancel_batch
-from ecod_jobs.lease import pid_alive
-from ecod_jobs.managers.local import group_alive
+from ecod_jobs.processes import group_alive, pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -76,10 +75,10 @@ def run_processes(run_dir: Path, snakemake_pid: int) -> list[str]:
         pid = json.loads(meta.read_text()).get("pid")
         if pid and pid_alive(int(pid)):
             left.append(f"runner {pid}")
-    from ecod_jobs.recovery import _local_holders
+    from ecod_jobs.processes import lock_holders
 
     for lock in run_dir.glob("results/*.lock"):
-        left += [f"lock holder {p}" for p in _local_holders(lock)]
+        left += [f"lock holder {p}" for p in lock_holders(lock)]
     return left
 
 
