@@ -8,19 +8,19 @@ rows). It is idempotent: job rows are keyed by (run, chunk, attempt), each item'
 job_item row of the run is updated in place (or written again if missing), and
 process_status follows the newest result.
 
-Per chunk and attempt there is one ``job`` row. Every item has exactly one
-``job_item`` row per run: under the attempt that produced its result, or under
-the last attempt while it has none.
+Recording goes files -> rows -> database: :func:`read_chunk` reads a chunk's
+files, :mod:`ecod_jobs.sync_rows` turns them into named rows (pure functions,
+where every decision about statuses lives), and :func:`write_rows` writes them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from itertools import chain
 from typing import Any
 
+import psycopg2.extensions
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -29,29 +29,16 @@ from .db import Database
 from .db.bulk import copy_rows, copy_value
 from .layout import BatchLayout, RunLayout, read_jsonl
 from .states import PROCESS_DONE, Liveness, RunStatus, is_failure, normalize_state
+from .sync_rows import ChunkRows, ChunkState, JobItemRow, JobRow, RunInfo, rows_for_chunks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ChunkState:
-    """What the files say about one chunk."""
-
-    chunk_id: str
-    attempts: dict[int, dict[str, Any]]
-    results: dict[int, dict[str, Any]]  # by process_id
-    finished: bool  # the final result file exists
-    items: list[dict[str, Any]] = field(default_factory=list)
-    misrouted: str | None = None  # a task ran another chunk than this one (its results are not ours)
-
-    @property
-    def last_attempt(self) -> int:
-        return max(self.attempts, default=1)
 
 
 def read_chunk(
     layout: RunLayout, chunk: str, attempts: dict[int, dict[str, Any]] | None = None
 ) -> ChunkState:
+    """What the files of ``chunk`` say (``attempts``: its attempt records, when the caller
+    has already read every chunk's at once)."""
     final = layout.result(chunk)
     finished = final.exists()
     results = {r["process_id"]: r for r in read_jsonl(final if finished else layout.partial(chunk))}
@@ -70,36 +57,6 @@ def read_chunk(
     if attempts is None:
         attempts = layout.attempts(chunk)
     return ChunkState(chunk, attempts, results, finished, items, misrouted)
-
-
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _elapsed(meta: Mapping[str, Any]) -> float | None:
-    start, end = _ts(meta.get("start")), _ts(meta.get("end"))
-    return round((end - start).total_seconds(), 3) if start and end else None
-
-
-_NULL = "\\N"
-
-
-def _item_fields(row: tuple[Any, ...], job_id: int) -> list[str]:
-    """One ``_ecod_items`` row as COPY fields; a million of them per large sync, so
-    only the free-text fields go through :func:`copy_value`."""
-    pid, _chunk, _attempt, ji_status, ps_status, stage, exit_code, start, end, seconds, error = row
-    return [
-        str(pid),
-        str(job_id),
-        ji_status,
-        _NULL if ps_status is None else ps_status,
-        copy_value(stage),
-        _NULL if exit_code is None else str(int(exit_code)),
-        copy_value(start),
-        copy_value(end),
-        _NULL if seconds is None else str(float(seconds)),
-        copy_value(error),
-    ]
 
 
 def record_chunks(
@@ -126,216 +83,179 @@ def record_chunks(
     states = [read_chunk(layout, c, None if attempts is None else attempts.get(c, {})) for c in chunks]
     if not states:
         return 0
-    failed = set(failed_chunks)
-    stage = plan["stage"]
-    job_rows: list[tuple[Any, ...]] = []
-    item_rows: list[tuple[Any, ...]] = []
-    settled = 0
-    for st in states:
-        last = st.last_attempt
-        last_failed = not st.finished and (run_over or st.chunk_id in failed)
-        for attempt in sorted(set(st.attempts) | {last}):
-            meta = st.attempts.get(attempt, {})
-            if st.finished and attempt == last:
-                status, error = "completed", None
-                item_errors = sum(1 for r in st.results.values() if r["status"] != "success")
-                if item_errors:
-                    error = f"{item_errors} of {len(st.items)} items failed"
-            elif meta.get("end"):
-                # its runner got through every item, yet the chunk ran again: SLURM
-                # marked the array task failed although it finished (plugin issue #447)
-                status, error = "completed", None
-            elif st.misrouted and (attempt == last or not meta):
-                status, error = "failed", st.misrouted
-            elif attempt < last or last_failed:
-                status, error = "failed", f"attempt {attempt} ended before finishing its chunk"
-            else:
-                status, error = "submitted", None
-            covered = sum(1 for r in st.results.values() if r.get("attempt", 1) == attempt)
-            job_rows.append(
-                (
-                    plan["batch_id"],
-                    plan["job_type"],
-                    layout.run_id,
-                    st.chunk_id,
-                    attempt,
-                    status,
-                    covered if status != "submitted" or covered else len(st.items),
-                    meta.get("slurm_job_id"),
-                    meta.get("node"),
-                    _ts(meta.get("start")),
-                    _ts(meta.get("end")) if status == "completed" else None,
-                    _elapsed(meta),
-                    meta.get("cpu_seconds"),
-                    meta.get("max_rss_kb"),
-                    error,
-                    0 if status == "completed" else None,
-                )
-            )
-        for item in st.items:
-            res = st.results.get(item["process_id"])
-            if res is not None:
-                ok = res["status"] == "success"
-                item_rows.append(
-                    (
-                        item["process_id"],
-                        st.chunk_id,
-                        res.get("attempt", 1),
-                        "completed" if ok else "failed",
-                        "success" if ok else "error",
-                        stage if ok else f"{stage}_failed"[:50],
-                        res.get("exit_code"),
-                        res.get("start"),
-                        res.get("end"),
-                        res.get("seconds"),
-                        res.get("error"),
-                    )
-                )
-                settled += 1
-            elif last_failed and interrupted:
-                # the run died, not the chunk: the next run picks the item up again
-                item_rows.append(
-                    (item["process_id"], st.chunk_id, last, "failed", "pending", None)
-                    + (None,) * 4
-                    + (f"interrupted: run {layout.run_id} died before this item finished",)
-                )
-            elif last_failed:
-                item_rows.append(
-                    (
-                        item["process_id"],
-                        st.chunk_id,
-                        last,
-                        "failed",
-                        "error",
-                        f"{stage}_failed"[:50],
-                        None,
-                        None,
-                        None,
-                        None,
-                        f"not run: {st.misrouted}"
-                        if st.misrouted
-                        else f"not run: chunk {st.chunk_id} attempt {last} ended before reaching this item",
-                    )
-                )
-                settled += 1
-            else:
-                item_rows.append(
-                    (
-                        item["process_id"],
-                        st.chunk_id,
-                        last,
-                        "pending",
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                    )
-                )
-    job = db.table("job")
+    run = RunInfo(layout.run_id, plan["batch_id"], plan["job_type"], plan["stage"])
+    rows = rows_for_chunks(
+        states, run, run_over=run_over, failed_chunks=failed_chunks, interrupted=interrupted
+    )
+    write_rows(db, rows)
+    return sum(chunk.settled for chunk in rows)
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def write_rows(db: Database, chunks: Sequence[ChunkRows]) -> None:
+    """Write the rows of some chunks of one run in one transaction: upsert the job rows,
+    then bring each item's job_item row of the run and its process_status row in line.
+    Idempotent: writing the same rows again changes nothing."""
+    jobs = [job for chunk in chunks for job in chunk.job_rows()]
+    if not jobs:
+        return
     with db.transaction() as cur:
-        job_ids = execute_values(
-            cur,
-            sql.SQL(
-                "INSERT INTO {} AS j (batch_id, job_type, run_id, chunk_id, attempt, status, items_count,"
-                " slurm_job_id, node, start_time, completion_time, elapsed_seconds, cpu_seconds,"
-                " max_rss_kb, error_text, exit_code, updated_at) VALUES %s"
-                " ON CONFLICT (run_id, chunk_id, attempt) WHERE run_id IS NOT NULL DO UPDATE SET"
-                " status = EXCLUDED.status, items_count = EXCLUDED.items_count,"
-                " slurm_job_id = coalesce(EXCLUDED.slurm_job_id, j.slurm_job_id),"
-                " node = coalesce(EXCLUDED.node, j.node),"
-                " start_time = coalesce(EXCLUDED.start_time, j.start_time),"
-                " completion_time = coalesce(EXCLUDED.completion_time, j.completion_time,"
-                "   CASE WHEN EXCLUDED.status = 'failed' THEN now() END),"
-                " elapsed_seconds = coalesce(EXCLUDED.elapsed_seconds, j.elapsed_seconds),"
-                " cpu_seconds = coalesce(EXCLUDED.cpu_seconds, j.cpu_seconds),"
-                " max_rss_kb = coalesce(EXCLUDED.max_rss_kb, j.max_rss_kb),"
-                " error_text = CASE WHEN EXCLUDED.status = 'failed' THEN"
-                "   coalesce(j.error_text, EXCLUDED.error_text) ELSE EXCLUDED.error_text END,"
-                " exit_code = coalesce(EXCLUDED.exit_code, j.exit_code), updated_at = now()"
-                " RETURNING chunk_id, attempt, id"
-            )
-            .format(job)
-            .as_string(cur),
-            job_rows,
-            template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
-            page_size=1000,
-            fetch=True,
-        )
-        job_of = {(chunk, attempt): job_id for chunk, attempt, job_id in job_ids}
-        cur.execute(
-            "CREATE TEMP TABLE _ecod_items (process_id int, job_id int, ji_status text,"
-            " ps_status text, stage text, exit_code int, start_time timestamptz, end_time timestamptz,"
-            " elapsed double precision, error text) ON COMMIT DROP"
-        )
-        copy_rows(
-            cur,
-            sql.Identifier("_ecod_items"),
-            (
-                "process_id",
-                "job_id",
-                "ji_status",
-                "ps_status",
-                "stage",
-                "exit_code",
-                "start_time",
-                "end_time",
-                "elapsed",
-                "error",
-            ),
-            (_item_fields(r, job_of[(r[1], r[2])]) for r in item_rows),
-            preformatted=True,
-        )
-        cur.execute("ANALYZE _ecod_items")  # a temp table has no statistics: hash joins, not loops
-        # Each item's job_item row of this run moves to the attempt that produced its
-        # result, with that result: updated in place (no foreign-key checks unless the
-        # attempt changed), and only where something changed, so a second sync of the
-        # same files writes nothing.
+        job_of = _upsert_jobs(cur, db, jobs)
+        # item rows are made as COPY takes them (see ChunkRows)
+        staged = _stage_items(cur, chain.from_iterable(chunk.item_rows() for chunk in chunks), job_of)
         run_jobs = sorted(job_of.values())
+        _update_job_items(cur, db, run_jobs)
+        _insert_missing_job_items(cur, db, run_jobs, staged)
+        _update_process_status(cur, db, chunks[0].run.batch_id)
+
+
+def _upsert_jobs(
+    cur: psycopg2.extensions.cursor, db: Database, jobs: Sequence[JobRow]
+) -> dict[tuple[str, int], int]:
+    """Insert or update the job rows (keyed by run, chunk, attempt); returns their ids by
+    (chunk, attempt). A known value is never replaced by an unknown one, and a failed
+    attempt keeps the first error it was given."""
+    job_ids = execute_values(
+        cur,
+        sql.SQL(
+            "INSERT INTO {} AS j (batch_id, job_type, run_id, chunk_id, attempt, status, items_count,"
+            " slurm_job_id, node, start_time, completion_time, elapsed_seconds, cpu_seconds,"
+            " max_rss_kb, error_text, exit_code, updated_at) VALUES %s"
+            " ON CONFLICT (run_id, chunk_id, attempt) WHERE run_id IS NOT NULL DO UPDATE SET"
+            " status = EXCLUDED.status, items_count = EXCLUDED.items_count,"
+            " slurm_job_id = coalesce(EXCLUDED.slurm_job_id, j.slurm_job_id),"
+            " node = coalesce(EXCLUDED.node, j.node),"
+            " start_time = coalesce(EXCLUDED.start_time, j.start_time),"
+            " completion_time = coalesce(EXCLUDED.completion_time, j.completion_time,"
+            "   CASE WHEN EXCLUDED.status = 'failed' THEN now() END),"
+            " elapsed_seconds = coalesce(EXCLUDED.elapsed_seconds, j.elapsed_seconds),"
+            " cpu_seconds = coalesce(EXCLUDED.cpu_seconds, j.cpu_seconds),"
+            " max_rss_kb = coalesce(EXCLUDED.max_rss_kb, j.max_rss_kb),"
+            " error_text = CASE WHEN EXCLUDED.status = 'failed' THEN"
+            "   coalesce(j.error_text, EXCLUDED.error_text) ELSE EXCLUDED.error_text END,"
+            " exit_code = coalesce(EXCLUDED.exit_code, j.exit_code), updated_at = now()"
+            " RETURNING chunk_id, attempt, id"
+        )
+        .format(db.table("job"))
+        .as_string(cur),
+        jobs,  # a JobRow's fields are in the order of the columns
+        template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+        page_size=1000,
+        fetch=True,
+    )
+    return {(chunk, attempt): job_id for chunk, attempt, job_id in job_ids}
+
+
+_NULL = "\\N"
+_ITEM_COLUMNS = (
+    "process_id",
+    "job_id",
+    "ji_status",
+    "ps_status",
+    "stage",
+    "exit_code",
+    "start_time",
+    "end_time",
+    "elapsed",
+    "error",
+)
+
+
+def _item_fields(row: JobItemRow, job_id: int) -> list[str]:
+    """One ``_ecod_items`` row (:data:`_ITEM_COLUMNS`) as COPY fields; a million of them per
+    large sync, so only the free-text fields go through :func:`copy_value`."""
+    return [
+        str(row.process_id),
+        str(job_id),
+        row.status,
+        _NULL if row.process_status is None else row.process_status,
+        copy_value(row.stage),
+        _NULL if row.exit_code is None else str(int(row.exit_code)),
+        copy_value(row.start),
+        copy_value(row.end),
+        _NULL if row.seconds is None else str(float(row.seconds)),
+        copy_value(row.error),
+    ]
+
+
+def _stage_items(
+    cur: psycopg2.extensions.cursor, items: Iterable[JobItemRow], job_of: Mapping[tuple[str, int], int]
+) -> int:
+    """COPY the item rows, each with its attempt's job id, into the temp table ``_ecod_items``
+    that the statements below join against; returns their number."""
+    cur.execute(
+        "CREATE TEMP TABLE _ecod_items (process_id int, job_id int, ji_status text,"
+        " ps_status text, stage text, exit_code int, start_time timestamptz, end_time timestamptz,"
+        " elapsed double precision, error text) ON COMMIT DROP"
+    )
+    staged = copy_rows(
+        cur,
+        sql.Identifier("_ecod_items"),
+        _ITEM_COLUMNS,
+        (_item_fields(r, job_of[(r.chunk_id, r.attempt)]) for r in items),
+        preformatted=True,
+    )
+    cur.execute("ANALYZE _ecod_items")  # a temp table has no statistics: hash joins, not loops
+    return staged
+
+
+def _update_job_items(cur: psycopg2.extensions.cursor, db: Database, run_jobs: list[int]) -> None:
+    # Each item's job_item row of this run moves to the attempt that produced its
+    # result, with that result: updated in place (no foreign-key checks unless the
+    # attempt changed), and only where something changed, so a second sync of the
+    # same files writes nothing.
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} ji SET job_id = n.job_id, status = n.ji_status, exit_code = n.exit_code,"
+            " start_time = n.start_time, end_time = n.end_time, elapsed_seconds = n.elapsed,"
+            " error_text = n.error FROM _ecod_items n"
+            " WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s)"
+            " AND (ji.job_id, ji.status, ji.exit_code, ji.start_time, ji.end_time, ji.elapsed_seconds,"
+            " ji.error_text) IS DISTINCT FROM (n.job_id, n.ji_status, n.exit_code,"
+            " n.start_time::timestamp, n.end_time::timestamp, n.elapsed, n.error)"
+        ).format(db.table("job_item")),
+        {"jobs": run_jobs},
+    )
+
+
+def _insert_missing_job_items(
+    cur: psycopg2.extensions.cursor, db: Database, run_jobs: list[int], expected: int
+) -> None:
+    # Rows that are missing (deleted by hand, or never planned) are written anew;
+    # the usual case, none missing, costs one index count instead of an anti-join.
+    cur.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE job_id = ANY(%s)").format(db.table("job_item")),
+        (run_jobs,),
+    )
+    if cur.fetchone()[0] < expected:
         cur.execute(
             sql.SQL(
-                "UPDATE {} ji SET job_id = n.job_id, status = n.ji_status, exit_code = n.exit_code,"
-                " start_time = n.start_time, end_time = n.end_time, elapsed_seconds = n.elapsed,"
-                " error_text = n.error FROM _ecod_items n"
-                " WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s)"
-                " AND (ji.job_id, ji.status, ji.exit_code, ji.start_time, ji.end_time, ji.elapsed_seconds,"
-                " ji.error_text) IS DISTINCT FROM (n.job_id, n.ji_status, n.exit_code,"
-                " n.start_time::timestamp, n.end_time::timestamp, n.elapsed, n.error)"
-            ).format(db.table("job_item")),
+                "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
+                " elapsed_seconds, error_text)"
+                " SELECT n.job_id, n.process_id, n.ji_status, n.exit_code, n.start_time, n.end_time,"
+                " n.elapsed, n.error FROM _ecod_items n WHERE NOT EXISTS"
+                " (SELECT 1 FROM {} ji WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s))"
+            ).format(db.table("job_item"), db.table("job_item")),
             {"jobs": run_jobs},
         )
-        # Rows that are missing (deleted by hand, or never planned) are written anew;
-        # the usual case, none missing, costs one index count instead of an anti-join.
-        cur.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE job_id = ANY(%s)").format(db.table("job_item")),
-            (run_jobs,),
-        )
-        if cur.fetchone()[0] < len(item_rows):
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} (job_id, process_id, status, exit_code, start_time, end_time,"
-                    " elapsed_seconds, error_text)"
-                    " SELECT n.job_id, n.process_id, n.ji_status, n.exit_code, n.start_time, n.end_time,"
-                    " n.elapsed, n.error FROM _ecod_items n WHERE NOT EXISTS"
-                    " (SELECT 1 FROM {} ji WHERE ji.process_id = n.process_id AND ji.job_id = ANY(%(jobs)s))"
-                ).format(db.table("job_item"), db.table("job_item")),
-                {"jobs": run_jobs},
-            )
-        cur.execute(
-            sql.SQL(
-                "UPDATE {} ps SET status = t.ps_status, current_stage = coalesce(t.stage, ps.current_stage),"
-                " error_message = CASE WHEN t.ps_status = 'error' THEN t.error END,"
-                " updated_at = now() FROM _ecod_items t"
-                " WHERE ps.id = t.process_id AND ps.batch_id = %s AND t.ps_status IS NOT NULL"
-                " AND (ps.status IS DISTINCT FROM t.ps_status"
-                "      OR ps.error_message IS DISTINCT FROM CASE WHEN t.ps_status = 'error' THEN t.error END"
-                "      OR ps.current_stage IS DISTINCT FROM coalesce(t.stage, ps.current_stage))"
-            ).format(db.table("process_status")),
-            (plan["batch_id"],),
-        )
-    return settled
+
+
+def _update_process_status(cur: psycopg2.extensions.cursor, db: Database, batch_id: int) -> None:
+    # Only items with a new process status, and only where it changes something.
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} ps SET status = t.ps_status, current_stage = coalesce(t.stage, ps.current_stage),"
+            " error_message = CASE WHEN t.ps_status = 'error' THEN t.error END,"
+            " updated_at = now() FROM _ecod_items t"
+            " WHERE ps.id = t.process_id AND ps.batch_id = %s AND t.ps_status IS NOT NULL"
+            " AND (ps.status IS DISTINCT FROM t.ps_status"
+            "      OR ps.error_message IS DISTINCT FROM CASE WHEN t.ps_status = 'error' THEN t.error END"
+            "      OR ps.current_stage IS DISTINCT FROM coalesce(t.stage, ps.current_stage))"
+        ).format(db.table("process_status")),
+        (batch_id,),
+    )
 
 
 # --------------------------------------------------------------------------- scheduler detail
