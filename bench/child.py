@@ -58,7 +58,7 @@ def plan(db: Database, config: dict[str, Any], batch_id: int) -> dict[str, Any]:
         )
     start = time.perf_counter()
     result = plan_run(db, config, spec, batch_id, run)
-    return {"seconds": time.perf_counter() - start, "run_dir": str(run.dir), "chunks": len(result["chunks"])}
+    return {"seconds": time.perf_counter() - start, "run_dir": str(run.dir), "chunks": len(result.chunks)}
 
 
 def fetch(db: Database, batch_id: int) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def measure(work: Path) -> list[Measurement]:
             goal="< 15 s",
             met=total < 15,
             notes=[
-                f"checkpoint {plan_seconds:.1f} s ({len(plan['chunks']):,} manifests and job rows),"
+                f"checkpoint {plan_seconds:.1f} s ({len(plan.chunks):,} manifests and job rows),"
                 f" DAG {dag_seconds:.1f} s ({jobs:,} jobs)"
             ],
         )

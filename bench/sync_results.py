@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ecod_jobs.layout import RunLayout, read_jsonl, write_atomic
+from ecod_jobs.plan_file import Plan
 
 from .common import Measurement, connect, log, timed
 from .registration import Registered, checkpoint, copy_text
@@ -19,11 +20,10 @@ from .registration import Registered, checkpoint, copy_text
 ERROR_EVERY = 20  # one item in 20 fails, with a message
 
 
-def write_results(run: RunLayout, plan: dict[str, Any]) -> int:
+def write_results(run: RunLayout, plan: Plan) -> int:
     """The files a runner leaves: one result line per item and the attempt record."""
     total = 0
-    for chunk in plan["chunks"]:
-        cid = chunk["chunk_id"]
+    for cid in plan.chunk_ids():
         records = []
         for item in read_jsonl(run.manifest(cid)):
             ok = item["process_id"] % ERROR_EVERY != 0
@@ -58,11 +58,11 @@ def vacuum(section: dict[str, Any]) -> None:
     checkpoint(section)
 
 
-def update_from(section: dict[str, Any], run: RunLayout, plan: dict[str, Any]) -> None:
+def update_from(section: dict[str, Any], run: RunLayout, plan: Plan) -> None:
     """The baseline: result files -> COPY into a temp table -> UPDATE ... FROM, per table."""
     rows = []
-    for chunk in plan["chunks"]:
-        for r in read_jsonl(run.result(chunk["chunk_id"])):
+    for cid in plan.chunk_ids():
+        for r in read_jsonl(run.result(cid)):
             ok = r["status"] == "success"
             rows.append(
                 (r["process_id"], "completed" if ok else "failed", r["status"], r["exit_code"], r["error"])
@@ -91,10 +91,10 @@ def measure(section: dict[str, Any], registered: Registered) -> list[Measurement
     from ecod_jobs.sync import record_chunks
 
     run = RunLayout(registered.run_dir, registered.run_dir.name)
-    plan = run.read_plan()
+    plan = Plan.read(run)
     items = write_results(run, plan)
     db = Database(load_config(registered.config_path))
-    chunks = [c["chunk_id"] for c in plan["chunks"]]
+    chunks = plan.chunk_ids()
     log(f"sync: ecod-jobs record_chunks of {items:,} results")
     vacuum(section)
     ours, settled = timed(lambda: record_chunks(db, run, plan, chunks, run_over=True))

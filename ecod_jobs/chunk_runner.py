@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
+from .plan_file import Plan, chunk_items
 from .processes import signal_group
 
 STDERR_TAIL = 2000
@@ -152,7 +153,7 @@ def _on_term(signum: int, _frame: Any) -> None:
 
 def run_item(
     item: Mapping[str, Any],
-    plan: Mapping[str, Any],
+    plan: Plan,
     env: Mapping[str, str],
     log: Any,
     keep_fds: tuple[int, ...] = (),
@@ -176,22 +177,22 @@ def run_item(
         )
         return record
 
-    if plan.get("check_inputs", True) and not os.path.exists(item["path"]):
+    if plan.check_inputs and not os.path.exists(item["path"]):
         return finish("error", None, f"input path does not exist: {item['path']}")
     command = render_command(
-        plan["command"],
+        plan.command,
         {
             "item_id": item["process_id"],
             "path": item["path"],
-            "output_dir": plan["output_dir"],
-            "threads": plan["threads"],
-            "batch_id": plan["batch_id"],
+            "output_dir": plan.output_dir,
+            "threads": plan.threads,
+            "batch_id": plan.batch_id,
             "protein_id": item.get("protein_id"),
         },
     )
     log.write(f"### item {item['process_id']} {_now()}: {command}\n".encode(errors="replace"))
     log.flush()
-    timeout = plan.get("item_timeout") or None
+    timeout = plan.item_timeout or None
     proc = subprocess.Popen(
         ["bash", "-c", command],
         pass_fds=keep_fds,  # the chunk lock: held while any process of the item lives
@@ -199,7 +200,7 @@ def run_item(
         stdout=log,
         stderr=subprocess.PIPE,
         env=dict(env),
-        cwd=plan["output_dir"],
+        cwd=plan.output_dir,
         start_new_session=True,  # its own process group: a timeout kills all of it
         preexec_fn=_die_with_runner,
     )
@@ -265,9 +266,9 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
         if environ.get("ECOD_JOBS_TASK_RUN", layout.run_id) == layout.run_id:
             write_atomic(layout.misrouted(own), json.dumps({"error": misrouted, "at": _now()}))
         return 4
-    plan = layout.read_plan()
-    items = list(read_jsonl(layout.manifest(chunk)))
-    expected = next((c["items"] for c in plan["chunks"] if c["chunk_id"] == chunk), None)
+    plan = Plan.read(layout)
+    items = list(chunk_items(layout, chunk))
+    expected = planned.items if (planned := plan.chunk(chunk)) is not None else None
     if expected is None or len(items) != expected:
         print(f"chunk {chunk}: manifest has {len(items)} items, plan says {expected}", file=sys.stderr)
         return 3
@@ -278,13 +279,13 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
     meta = {"chunk_id": chunk, "attempt": attempt, "start": _now(), "pid": os.getpid(), **ids}
     write_atomic(layout.attempt_meta(chunk, attempt), json.dumps(meta))
 
-    env = {**environ, **plan.get("environment", {})}
-    if plan.get("modules") and environ.get("SLURM_JOB_ID"):
-        env = {**module_environment(plan["modules"], env), **plan.get("environment", {})}
+    env = {**environ, **plan.environment}
+    if plan.modules and environ.get("SLURM_JOB_ID"):
+        env = {**module_environment(list(plan.modules), env), **plan.environment}
     env["ECOD_JOBS_CHUNK"] = chunk
     # Commands find this Python (the one ecod-jobs runs in) as `python` first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    Path(plan["output_dir"]).mkdir(parents=True, exist_ok=True)
+    Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
     layout.log(chunk).parent.mkdir(parents=True, exist_ok=True)
 
     # Items already finished by an earlier attempt of this chunk are not run again.

@@ -134,9 +134,6 @@ class RunLayout:
         """Held (flock) by the chunk's runner and every item process it starts."""
         return self.dir / "results" / f"{chunk}.lock"
 
-    def read_plan(self) -> dict[str, Any]:
-        return json.loads(self.plan.read_text())
-
     @property
     def ended(self) -> Path:
         """Written when Snakemake ends (before the database is told): success and time."""

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import Any
 
 from psycopg2 import sql
 
 from . import run_record
 from .db import Database
 from .layout import BatchLayout, RunLayout
+from .plan_file import Plan, PlanFileError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def database_id(db: Database) -> str | None:
 
 def foreign_reason(
     run_id: str,
-    plan: Mapping[str, Any] | None,
+    plan: Plan | None,
     row: tuple[int, str] | None,
     this_database: str | None,
 ) -> str | None:
@@ -61,22 +60,22 @@ def foreign_reason(
     batch_id, job_type = row
     if plan is None:
         return None
-    if (plan.get("batch_id"), plan.get("job_type")) != (batch_id, job_type):
+    if (plan.batch_id, plan.job_type) != (batch_id, job_type):
         return (
-            f"its plan.json is for batch {plan.get('batch_id')} ({plan.get('job_type')}),"
+            f"its plan.json is for batch {plan.batch_id} ({plan.job_type}),"
             f" but this database started run {run_id} for batch {batch_id} ({job_type})"
         )
-    theirs = plan.get("database_id")
+    theirs = plan.database_id
     if theirs is not None and theirs != this_database:
         ours = this_database or "without an identity (run: ecod-jobs db init)"
         return f"its plan.json was written by another database ({theirs}); this database is {ours}"
     return None
 
 
-def _read_plan(run: RunLayout) -> dict[str, Any] | None:
+def _read_plan(run: RunLayout) -> Plan | None:
     try:
-        return dict(run.read_plan())
-    except (OSError, ValueError):
+        return Plan.read(run)
+    except PlanFileError:
         return None
 
 

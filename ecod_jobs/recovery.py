@@ -27,6 +27,7 @@ from .exceptions import RunConflictError
 from .layout import BatchLayout, RunLayout
 from .lease import release
 from .ownership import check_run, warn_foreign
+from .plan_file import Plan
 from .processes import stop_lock_holders
 from .states import RunStatus
 from .sync import finish_run, reconcile_run, release_unstarted_items
@@ -54,13 +55,9 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
         )
     }
     if run.plan.exists() and check_run(db, run) is None:  # never another database's jobs
-        for chunk in run.read_plan()["chunks"]:
-            if not run.result(chunk["chunk_id"]).exists():
-                ids.update(
-                    m["slurm_job_id"]
-                    for m in run.attempts(chunk["chunk_id"]).values()
-                    if m.get("slurm_job_id")
-                )
+        for chunk in Plan.read(run).chunk_ids():
+            if not run.result(chunk).exists():
+                ids.update(m["slurm_job_id"] for m in run.attempts(chunk).values() if m.get("slurm_job_id"))
     # tasks still queued have written nothing yet: find them by their name
     ids.update(slurm_commands.jobs_named(slurm_name_prefix(run.run_id) + "_"))
     return sorted(ids)
@@ -77,9 +74,7 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
     """
     if not run.plan.exists():
         return 0
-    unfinished = [
-        run.lock(c["chunk_id"]) for c in run.read_plan()["chunks"] if not run.result(c["chunk_id"]).exists()
-    ]
+    unfinished = [run.lock(c) for c in Plan.read(run).chunk_ids() if not run.result(c).exists()]
     stopped, held = stop_lock_holders(unfinished, grace, timeout)
     if held:
         raise RunConflictError(

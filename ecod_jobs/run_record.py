@@ -167,8 +167,7 @@ def close_settled(db: Database, run_id: str, status: RunStatus, message: str) ->
         )
     else:
         query = (
-            "UPDATE {} SET status = %s, ended_at = coalesce(ended_at, now()), message = %s"
-            " WHERE run_id = %s"
+            "UPDATE {} SET status = %s, ended_at = coalesce(ended_at, now()), message = %s WHERE run_id = %s"
         )
     db.query(sql.SQL(query).format(db.table("ecod_jobs_run")), (status.value, message, run_id))
 

@@ -28,6 +28,7 @@ from . import run_record
 from .db import Database
 from .db.bulk import copy_rows, copy_value
 from .layout import BatchLayout, RunLayout, read_jsonl
+from .plan_file import Plan
 from .states import PROCESS_DONE, Liveness, RunStatus, is_failure, normalize_state
 from .sync_rows import ChunkRows, ChunkState, JobItemRow, JobRow, RunInfo, rows_for_chunks
 
@@ -62,7 +63,7 @@ def read_chunk(
 def record_chunks(
     db: Database,
     layout: RunLayout,
-    plan: Mapping[str, Any],
+    plan: Plan,
     chunks: Iterable[str],
     *,
     run_over: bool,
@@ -83,7 +84,7 @@ def record_chunks(
     states = [read_chunk(layout, c, None if attempts is None else attempts.get(c, {})) for c in chunks]
     if not states:
         return 0
-    run = RunInfo(layout.run_id, plan["batch_id"], plan["job_type"], plan["stage"])
+    run = RunInfo(layout.run_id, plan.batch_id, plan.job_type, plan.stage)
     rows = rows_for_chunks(
         states, run, run_over=run_over, failed_chunks=failed_chunks, interrupted=interrupted
     )
@@ -363,11 +364,11 @@ def reconcile_run(
     db: Database, layout: RunLayout, *, run_over: bool = True, interrupted: bool = False
 ) -> dict[str, int]:
     """Record every chunk of a run from its files, then the scheduler's detail and batch totals."""
-    plan = layout.read_plan()
-    chunks = [c["chunk_id"] for c in plan["chunks"]]
+    plan = Plan.read(layout)
+    chunks = plan.chunk_ids()
     settled = record_chunks(db, layout, plan, chunks, run_over=run_over, interrupted=interrupted)
     enrich_from_scheduler(db, layout.run_id)
-    done, total = update_batch_totals(db, plan["batch_id"])
+    done, total = update_batch_totals(db, plan.batch_id)
     return {"chunks": len(chunks), "settled": settled, "done": done, "total": total}
 
 

@@ -24,6 +24,7 @@ from .config import JobTypeSpec, config_hash, job_type_spec, load_config
 from .db import Database, init_schema, is_transient, retry_while_away
 from .exceptions import ConfigurationError, DatabaseError
 from .layout import BatchLayout, RunLayout, write_atomic
+from .plan_file import Plan
 from .sync import finish_run, record_chunks
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -> None:
         "planning",
     )
     with open(log_path, "w") as log_file:
-        log_file.write(f"planned {plan['items']} items in {len(plan['chunks'])} chunks\n")
+        log_file.write(f"planned {plan.items} items in {len(plan.chunks)} chunks\n")
 
 
 # --------------------------------------------------------------------------- hooks
@@ -213,7 +214,7 @@ class LiveRecorder:
         self.ctx = ctx
         self.db = ctx.db()
         self.chunks: dict[int, str] = {}  # Snakemake job id -> chunk id
-        self._plan: dict[str, Any] | None = None
+        self._plan: Plan | None = None
         self.backlog: dict[str, bool] = {}  # chunk id -> its job failed
         self._backlog_lock = threading.Lock()
         self._stop = threading.Event()
@@ -236,9 +237,9 @@ class LiveRecorder:
     def current(cls) -> LiveRecorder | None:
         return cls._active
 
-    def plan(self) -> dict[str, Any] | None:
+    def plan(self) -> Plan | None:
         if self._plan is None and self.ctx.run.plan.exists():
-            self._plan = self.ctx.run.read_plan()
+            self._plan = Plan.read(self.ctx.run)
         return self._plan
 
     def job_info(self, jobid: int, rule: str, wildcards: Mapping[str, Any]) -> None:

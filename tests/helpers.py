@@ -169,3 +169,29 @@ def squeue_tasks_of_run(conn: Any, *, completing: bool = True) -> list[str]:
         for line in out.stdout.splitlines()
         if line.split("|")[1].startswith(prefix) and (completing or line.split("|")[2] != "COMPLETING")
     ]
+
+
+def write_plan(run: Any, command: str, output_dir: str, chunks: int, items_per_chunk: int = 1) -> None:
+    """A plan (batch 1, job type t) of ``chunks`` chunks, written as the plan checkpoint writes it;
+    the manifests are the caller's."""
+    from ecod_jobs.plan_file import Plan, PlannedChunk
+
+    Plan(
+        run_id=run.run_id,
+        database_id=None,
+        batch_id=1,
+        job_type="t",
+        retry_failed=False,
+        output_dir=output_dir,
+        base_path=None,
+        command=command,
+        threads=1,
+        stage="t",
+        item_timeout=None,
+        check_inputs=False,
+        modules=(),
+        environment={},
+        spec={},
+        items=chunks * items_per_chunk,
+        chunks=tuple(PlannedChunk(f"c{i:05d}", items_per_chunk, i + 1) for i in range(chunks)),
+    ).write(run)

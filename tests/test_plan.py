@@ -48,8 +48,8 @@ def test_plan_cuts_chunks_in_id_order(
     run, planned = plan(db, config, batch_id)
     ids = [r[0] for r in q(pg_conn, "SELECT id FROM ecod_schema.process_status ORDER BY id")]
     expected = [i for i in ids if i != ids[3]]
-    assert [c["items"] for c in planned["chunks"]] == [4, 4, 1]
-    chunk_ids = [c["chunk_id"] for c in planned["chunks"]]
+    assert [c.items for c in planned.chunks] == [4, 4, 1]
+    chunk_ids = planned.chunk_ids()
     manifests = [[r["process_id"] for r in read_jsonl(run.manifest(c))] for c in chunk_ids]
     assert manifests == [expected[0:4], expected[4:8], expected[8:]]
     assert q(pg_conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY 1 ORDER BY 1") == [
@@ -66,7 +66,7 @@ def test_plan_cuts_chunks_in_id_order(
 
     # --retry-failed takes the failed item, and clears its old error
     _, retried = plan(db, config, batch_id, retry_failed=True)
-    assert retried["items"] == 1
+    assert retried.items == 1
     item = q(pg_conn, "SELECT status, error_message FROM ecod_schema.process_status WHERE id = %s", ids[3])
     assert item == [("processing", None)]
 
@@ -99,5 +99,5 @@ def test_a_second_planner_waits_and_takes_nothing(
     pg_conn.commit()
     planner.join(30)
     assert not planner.is_alive()
-    assert result["plan"]["items"] == 0
-    assert result["plan"]["chunks"] == []
+    assert result["plan"].items == 0
+    assert result["plan"].chunks == ()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, write_plan
 
 from ecod_jobs.chunk_runner import check_task, run_chunk
 from ecod_jobs.layout import RunLayout
@@ -67,18 +67,7 @@ def test_a_task_running_another_tasks_script_is_refused(tmp_path: Path) -> None:
     run.manifest("c00000").parent.mkdir(parents=True)
     for i in range(2):
         run.manifest(f"c{i:05d}").write_text(json.dumps({"process_id": i, "path": "/x"}) + "\n")
-    run.plan.write_text(
-        json.dumps(
-            {
-                "chunks": [{"chunk_id": f"c{i:05d}", "items": 1} for i in range(2)],
-                "command": "touch ran-{item_id}",
-                "output_dir": str(tmp_path),
-                "threads": 1,
-                "batch_id": 1,
-                "check_inputs": False,
-            }
-        )
-    )
+    write_plan(run, "touch ran-{item_id}", str(tmp_path), chunks=2)
     scripts = [
         task_script(
             f"{sys.executable} -m ecod_jobs.chunk_runner --run-dir {run.dir} --chunk c0000{i - 1}",
@@ -209,7 +198,7 @@ def test_runner_refuses_another_chunk_and_leaves_a_record(tmp_path: Path) -> Non
     run = RunLayout(tmp_path / "run1", "run1")
     run.manifest("c00000").parent.mkdir(parents=True)
     run.manifest("c00000").write_text(json.dumps({"process_id": 1, "path": "/x"}) + "\n")
-    run.plan.write_text(json.dumps({"chunks": [{"chunk_id": "c00000", "items": 1}], "command": "touch ran"}))
+    write_plan(run, "touch ran", str(tmp_path), chunks=1)
     environ = {"ECOD_JOBS_TASK_CHUNK": "c00001", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "2"}
     assert run_chunk(run.dir, "c00000", environ) == 4
     assert not run.result("c00000").exists() and not run.attempts("c00000")

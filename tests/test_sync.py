@@ -75,7 +75,7 @@ def job_items(pg_conn: Any, run_id: str) -> list[tuple[Any, ...]]:
 
 def test_sync_is_idempotent_and_repairs(db_config: dict[str, Any], pg_conn: Any, tmp_path: Path) -> None:
     db, run, plan = planned_run(db_config, tmp_path, 10)
-    chunks = [c["chunk_id"] for c in plan["chunks"]]
+    chunks = plan.chunk_ids()
     assert len(chunks) == 3
     finish_chunk(run, chunks[0], fail={2})
     finish_chunk(run, chunks[1], attempt=2)  # its first attempt died; the second finished
@@ -87,7 +87,7 @@ def test_sync_is_idempotent_and_repairs(db_config: dict[str, Any], pg_conn: Any,
     assert by_item[2] == (chunks[0], 1, "failed", 3, "exit code 3: boom")
     assert by_item[5] == (chunks[1], 2, "completed", 0, None)
     assert by_item[9] == (chunks[2], 1, "pending", None, None)
-    assert status_counts(db, plan["batch_id"]) == {"success": 7, "error": 1, "processing": 2}
+    assert status_counts(db, plan.batch_id) == {"success": 7, "error": 1, "processing": 2}
 
     # a second sync of the same files writes nothing
     (xmin_before,) = q(pg_conn, "SELECT array_agg(xmin::text ORDER BY id) FROM ecod_schema.job_item")[0]
@@ -140,8 +140,8 @@ def test_write_rows_follows_a_chunk_through_a_failed_attempt_and_a_rerun(
     db_config: dict[str, Any], pg_conn: Any, tmp_path: Path
 ) -> None:
     db, run, plan = planned_run(db_config, tmp_path, 4)
-    (chunk,) = [c["chunk_id"] for c in plan["chunks"]]
-    info = RunInfo(run.run_id, plan["batch_id"], plan["job_type"], plan["stage"])
+    (chunk,) = plan.chunk_ids()
+    info = RunInfo(run.run_id, plan.batch_id, plan.job_type, plan.stage)
     items = list(read_jsonl(run.manifest(chunk)))
     p0, p1, p2, p3 = (i["process_id"] for i in items)
     started = {"start": "2026-11-24T10:00:00+00:00", "slurm_job_id": "10_0", "node": "n1"}
@@ -156,7 +156,7 @@ def test_write_rows_follows_a_chunk_through_a_failed_attempt_and_a_rerun(
         (chunk, 1, "pending"),
         (chunk, 1, "pending"),
     ]
-    assert status_counts(db, plan["batch_id"]) == {"success": 1, "processing": 3}
+    assert status_counts(db, plan.batch_id) == {"success": 1, "processing": 3}
 
     # Snakemake reports attempt 1 failed; its record now lacks what the first one had
     st = ChunkState(chunk, {1: {"start": started["start"]}}, {p0: result(p0, 1)}, False, items)
@@ -164,7 +164,7 @@ def test_write_rows_follows_a_chunk_through_a_failed_attempt_and_a_rerun(
     failed = "attempt 1 ended before finishing its chunk"
     assert jobs(pg_conn, run.run_id) == [(1, "failed", 1, "10_0", "n1", failed, None, True)]
     not_run = f"not run: chunk {chunk} attempt 1 ended before reaching this item"
-    assert item_statuses(pg_conn, plan["batch_id"])[p3] == ("error", "echo_failed", not_run)
+    assert item_statuses(pg_conn, plan.batch_id)[p3] == ("error", "echo_failed", not_run)
 
     # attempt 2 redoes the chunk and finishes: every item moves to it
     done = {"start": "2026-11-24T10:01:00+00:00", "end": "2026-11-24T10:01:09+00:00", "slurm_job_id": "11_0"}
@@ -182,7 +182,7 @@ def test_write_rows_follows_a_chunk_through_a_failed_attempt_and_a_rerun(
         (p2, 2, "completed"),
         (p3, 2, "completed"),
     ]
-    assert item_statuses(pg_conn, plan["batch_id"]) == {
+    assert item_statuses(pg_conn, plan.batch_id) == {
         p0: ("success", "echo", None),
         p1: ("error", "echo_failed", "exit code 3: boom"),
         p2: ("success", "echo", None),
@@ -194,8 +194,8 @@ def test_write_rows_hands_an_interrupted_runs_items_back(
     db_config: dict[str, Any], pg_conn: Any, tmp_path: Path
 ) -> None:
     db, run, plan = planned_run(db_config, tmp_path, 3)
-    (chunk,) = [c["chunk_id"] for c in plan["chunks"]]
-    info = RunInfo(run.run_id, plan["batch_id"], plan["job_type"], plan["stage"])
+    (chunk,) = plan.chunk_ids()
+    info = RunInfo(run.run_id, plan.batch_id, plan.job_type, plan.stage)
     items = list(read_jsonl(run.manifest(chunk)))
     p0, p1, p2 = (i["process_id"] for i in items)
     st = ChunkState(chunk, {1: {"start": "2026-11-24T10:00:00+00:00"}}, {p0: result(p0, 1)}, False, items)
@@ -206,6 +206,6 @@ def test_write_rows_hands_an_interrupted_runs_items_back(
         ("failed", None, interrupted),
         ("failed", None, interrupted),
     ]
-    statuses = item_statuses(pg_conn, plan["batch_id"])
+    statuses = item_statuses(pg_conn, plan.batch_id)
     assert (statuses[p1][0], statuses[p1][2], statuses[p2][0]) == ("pending", None, "pending")
     assert statuses[p0][0] == "success"

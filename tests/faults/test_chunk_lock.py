@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_plan
 
 from ecod_jobs.chunk_runner import hold_chunk_lock
 from ecod_jobs.exceptions import RunConflictError
@@ -32,7 +32,7 @@ subprocess.Popen(["bash", "-c", trap + "sleep 60 & wait"], pass_fds=(fd,), start
 def make_run(tmp_path: Path) -> RunLayout:
     run = RunLayout(tmp_path / "run-1", "run-1")
     run.dir.mkdir()
-    run.plan.write_text(json.dumps({"chunks": [{"chunk_id": "c00000", "items": 1}]}))
+    write_plan(run, "true", str(tmp_path), chunks=1)
     return run
 
 

@@ -16,6 +16,7 @@ import pytest
 from helpers import create_batch, q, run_cli, write_config
 
 from ecod_jobs import plan as plan_module
+from ecod_jobs import plan_file
 from ecod_jobs.config import job_type_spec, load_config
 from ecod_jobs.db import Database
 from ecod_jobs.layout import BatchLayout, RunLayout
@@ -98,7 +99,7 @@ STEPS: dict[str, Callable[..., None]] = {
     "COPY of the job items": lambda pg, mp, tmp: fail_trigger("job_item", "INSERT")(pg),
     "UPDATE of the batch": lambda pg, mp, tmp: fail_trigger("batch", "UPDATE")(pg),
     "writing the manifests": lambda pg, mp, tmp: mp.setattr(plan_module, "write_unsynced", no_space),
-    "writing plan.json": lambda pg, mp, tmp: mp.setattr(plan_module, "write_atomic", no_space),
+    "writing plan.json": lambda pg, mp, tmp: mp.setattr(plan_file, "write_atomic", no_space),
     "creating the output directory": lambda pg, mp, tmp: q(
         pg, "UPDATE ecod_schema.batch SET base_path = %s RETURNING id", str(tmp / "items.tsv")
     ),
@@ -128,7 +129,7 @@ def test_a_failing_plan_step_leaves_the_items_untouched(
     execute(pg_conn, "UPDATE ecod_schema.batch SET base_path = %s", str(tmp_path / "base"))
     monkeypatch.undo()
     again = plan_run(db, config, job_type_spec(config, "t"), 1, new_run(db, config))
-    assert again["items"] == N
+    assert again.items == N
 
 
 def committed_plan(db: Database, config: dict[str, Any], pg_conn: Any, pid: int | None = None) -> RunLayout:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_plan
 
 from ecod_jobs.layout import RunLayout, read_jsonl
 
@@ -20,18 +21,7 @@ def start_runner(tmp_path: Path) -> tuple[subprocess.Popen[bytes], RunLayout]:
     (run.dir / "chunks").mkdir(parents=True)
     items = [{"process_id": 1, "path": "a"}, {"process_id": 2, "path": "b"}]
     run.manifest("c00000").write_text("".join(json.dumps(i) + "\n" for i in items))
-    run.plan.write_text(
-        json.dumps(
-            {
-                "chunks": [{"chunk_id": "c00000", "items": 2}],
-                "command": "sleep 30; echo {path}",
-                "output_dir": str(tmp_path / "out"),
-                "threads": 1,
-                "batch_id": 1,
-                "check_inputs": False,
-            }
-        )
-    )
+    write_plan(run, "sleep 30; echo {path}", str(tmp_path / "out"), chunks=1, items_per_chunk=2)
     with (tmp_path / "runner.err").open("wb") as err:  # read by the assertions
         proc = subprocess.Popen(
             [sys.executable, "-m", "ecod_jobs.chunk_runner", "--run-dir", str(run.dir), "--chunk", "c00000"],

@@ -1,11 +1,12 @@
 # Shared set-up. Runs in every Snakemake process, including SLURM jobs on
 # compute nodes: it reads configuration only and never touches PostgreSQL.
 
-import json
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
+from ecod_jobs.plan_file import Plan
 from ecod_jobs.workflow import context_from_config, on_finish, on_start, plan_checkpoint
 
 
@@ -18,11 +19,9 @@ PYTHON = sys.executable
 
 def planned_results(wildcards):
     """The current run's chunk results, known once the plan checkpoint has run."""
-    plan_file = checkpoints.plan.get(run=CTX.run_id).output.plan
-    with open(plan_file) as handle:
-        plan = json.load(handle)
+    plan = Plan.read(Path(checkpoints.plan.get(run=CTX.run_id).output.plan))
     run = CTX.batch_layout.run(CTX.run_id)
-    return [str(run.result(chunk["chunk_id"])) for chunk in plan["chunks"]]
+    return [str(run.result(chunk)) for chunk in plan.chunk_ids()]
 
 
 def chunk_resources():
