@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     counts = result.by_status
     print(
         f"run {result.run_id}: {counts.get('success', 0)} succeeded, {counts.get('error', 0)} failed,"
-        f" {counts.get('processing', 0)} unfinished of {result.planned_items} items"
+        f" {result.unfinished} unfinished of {result.planned_items} items"
     )
     for item in result.failed_items[:20]:
         print(f"  failed {item['process_id']} {item['path']}: {item['error']}")

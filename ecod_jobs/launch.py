@@ -66,6 +66,13 @@ class BatchResult:
         return len(self.failed_items)
 
     @property
+    def unfinished(self) -> int:
+        """Items planned for this run that did not end (still processing, or never planned
+        because the workflow did not get that far)."""
+        done = sum(self.by_status.get(s, 0) for s in ("success", "error", "skipped"))
+        return max(self.planned_items - done, self.by_status.get("processing", 0), 0)
+
+    @property
     def ok(self) -> bool:
         """Snakemake succeeded and no item of this run failed."""
         return self.returncode == 0 and not self.failed_items
