@@ -23,6 +23,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from .bundle import PROFILES, SNAKEFILE, check_bundle
 from .config import job_type_spec, load_config, resolve_config_path
 from .db import (
     Database,
@@ -39,9 +40,6 @@ from .layout import BatchLayout
 from .plan import count_needing_work
 from .sync import sync_batch
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-SNAKEFILE = PACKAGE_ROOT / "workflow" / "Snakefile"
-PROFILES = PACKAGE_ROOT / "profiles"
 SLURM_PROFILE_JOBS = 10000  # profiles/slurm: jobs and max-jobs-per-timespan
 
 ProgressCallback = Callable[[dict[str, int], int], None]
@@ -156,12 +154,12 @@ def run_batch(
     spec = job_type_spec(config, job_type)
     profile_dir = resolve_profile(profile)
     executor = profile_executor(profile_dir)
+    # the workflow is here and Snakemake finds the profile's plugins, before anything is planned
+    check_bundle(profile_dir)
     if executor in SLURM_EXECUTORS and not shutil.which("sbatch"):
         raise ConfigurationError(
             f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
         )
-    if not SNAKEFILE.exists():
-        raise ConfigurationError(f"workflow not found at {SNAKEFILE}: install ecod-jobs from its source tree")
     # Whatever the caller's umask, nothing a run writes (plans, manifests, Snakemake's
     # job scripts, results, logs) is writable by other users.
     os.umask(os.umask(0) | 0o002)
