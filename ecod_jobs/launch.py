@@ -154,12 +154,12 @@ def run_batch(
     spec = job_type_spec(config, job_type)
     profile_dir = resolve_profile(profile)
     executor = profile_executor(profile_dir)
-    # the workflow is here and Snakemake finds the profile's plugins, before anything is planned
-    check_bundle(profile_dir)
     if executor in SLURM_EXECUTORS and not shutil.which("sbatch"):
         raise ConfigurationError(
             f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
         )
+    # the workflow is here and Snakemake finds the profile's plugins, before anything is planned
+    check_bundle(profile_dir)
     # Whatever the caller's umask, nothing a run writes (plans, manifests, Snakemake's
     # job scripts, results, logs) is writable by other users.
     os.umask(os.umask(0) | 0o002)
