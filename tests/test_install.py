@@ -5,9 +5,9 @@ the source tree (so no build artifact or venv of the checkout counts); then, fro
 directory outside the source tree, every entry point runs a real batch: ``ecod-jobs
 run``, ``run_batch()``, and plain ``snakemake --profile ... --config batch_id=N`` with the
 profiles copied out (``ecod-jobs profiles copy``) and with the installed ones
-(``ecod-jobs profiles show``). An install whose logger plugin Snakemake cannot see
-fails before planning, with one line. ``make``'s install is the test suite's own venv
-(tests/test_bundle.py runs its entry points).
+(``ecod-jobs profiles show``); on SLURM too when the cluster is up. An install whose
+logger plugin Snakemake cannot see fails before planning, with one line. ``make``'s
+install is the test suite's own venv (tests/test_bundle.py runs its entry points).
 
 pip's cache makes each install about 20 s; the two are made side by side.
 """
@@ -186,6 +186,24 @@ def test_plain_snakemake(
     assert dry.returncode == 0, dry.stdout + dry.stderr
     run = run_in(venv, "snakemake", "--profile", local, "--config", f"batch_id={batch_id}", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert statuses(scratch_db, batch_id) == ["success", "success"]
+
+
+@pytest.mark.slurm
+def test_plain_snakemake_on_slurm(
+    venv: Path, slurm_cluster: None, batch: tuple[Path, int], tmp_path: Path, scratch_db: dict[str, Any]
+) -> None:
+    """The slurm profile for real: the install's ecod-slurm executor submits the chunks as an
+    array whose tasks run the install's own chunk runner."""
+    _, batch_id = batch
+    copied = run_in(venv, "ecod-jobs", "profiles", "copy", "profiles", cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    argv = ["--profile", "profiles/slurm", "--config", f"batch_id={batch_id}"]
+    run = run_in(
+        venv, "snakemake", *argv, "--ecod-slurm-init-seconds-before-status-checks", "5", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "Submitted array job" in run.stdout + run.stderr
     assert statuses(scratch_db, batch_id) == ["success", "success"]
 
 
