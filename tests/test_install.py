@@ -137,6 +137,31 @@ def statuses(scratch_db: dict[str, Any], batch_id: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+def test_wheel_carries_what_a_run_needs(installs: dict[str, Path], tmp_path: Path) -> None:
+    """The regular install has its own workflow, profiles, plugins and package data."""
+    venv = installs["wheel"]
+    code = "import ecod_jobs, sys; print(ecod_jobs.__file__)"
+    found = run_in(venv, "python", "-c", code, cwd=tmp_path)
+    package = Path(found.stdout.strip()).parent
+    assert package.is_relative_to(venv), found.stdout + found.stderr
+    for name in (
+        "_bundled/workflow/Snakefile",
+        "_bundled/workflow/rules/chunk.smk",
+        "_bundled/workflow/schemas/run.schema.yaml",
+        "_bundled/profiles/local/config.yaml",
+        "_bundled/profiles/slurm/config.yaml",
+        "schemas/config.schema.yaml",
+        "insight/templates/report.html.j2",
+        "insight/static/view.js",
+        "py.typed",
+    ):
+        assert (package / name).is_file(), name
+    for plugin in ("snakemake_logger_plugin_ecod_jobs", "snakemake_executor_plugin_ecod_slurm"):
+        assert (package.parent / plugin / "__init__.py").is_file(), plugin
+    shown = run_in(venv, "ecod-jobs", "profiles", "show", cwd=tmp_path)
+    assert shown.stdout.strip() == str(package / "_bundled" / "profiles")
+
+
 def test_ecod_jobs_run(
     venv: Path, batch: tuple[Path, int], tmp_path: Path, scratch_db: dict[str, Any]
 ) -> None:
