@@ -15,11 +15,12 @@ help:
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make bench  - benchmarks vs baselines (bench/results/latest.md), about 10 min"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# compat mode: a path entry, so Snakemake finds our logger plugin with pkgutil
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e ".[dev,demo]"
+	# the README's install: hatchling's editable install is a path entry, so Snakemake
+	# finds our plugins (it looks for them with pkgutil over sys.path)
+	$(PY) -m pip install --quiet -e ".[dev,demo]"
 	touch $(STAMP)
 
 venv: $(STAMP)

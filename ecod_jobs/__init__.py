@@ -29,8 +29,8 @@ _EXPORTS = {
     "create_job_manager": ".managers",
     "Job": ".models",
     "JobItem": ".models",
-    "BatchResult": ".runs",
-    "run_batch": ".runs",
+    "BatchResult": ".launch",
+    "run_batch": ".launch",
 }
 
 __all__ = [

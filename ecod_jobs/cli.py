@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     counts = result.by_status
     print(
         f"run {result.run_id}: {counts.get('success', 0)} succeeded, {counts.get('error', 0)} failed,"
-        f" {counts.get('processing', 0)} unfinished of {result.planned_items} items"
+        f" {result.unfinished} unfinished of {result.planned_items} items"
     )
     for item in result.failed_items[:20]:
         print(f"  failed {item['process_id']} {item['path']}: {item['error']}")
@@ -216,6 +216,21 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             file=sys.stderr,
         )
     return 0 if result.ok else 1
+
+
+def cmd_profiles_show(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .bundle import PROFILES, shipped_profile
+
+    print(shipped_profile(args.name) if args.name else PROFILES)
+    return 0
+
+
+def cmd_profiles_copy(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .bundle import SNAKEFILE, copy_profiles
+
+    for target in copy_profiles(Path(args.dest), force=args.force):
+        print(f"{target} (snakefile: {SNAKEFILE})")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
@@ -370,6 +385,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="also rerun items with status 'error'")
     run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
 
+    profiles_p = sub.add_parser("profiles", help="where the installed Snakemake profiles are; copy them out")
+    profiles_p.set_defaults(needs_config=False)
+    profiles_sub = profiles_p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    show = add(
+        profiles_sub,
+        "show",
+        cmd_profiles_show,
+        "print the directory of the installed profiles, or of profile NAME (for snakemake --profile)",
+    )
+    show.add_argument("name", nargs="?", metavar="NAME", help="local or slurm")
+    copy = add(
+        profiles_sub,
+        "copy",
+        cmd_profiles_copy,
+        "copy the profiles into DEST/local and DEST/slurm, naming the installed Snakefile",
+    )
+    copy.add_argument("dest", metavar="DEST", help="directory to copy into (created if missing)")
+    copy.add_argument("--force", action="store_true", help="replace DEST/local and DEST/slurm if present")
+
     status = add(sub, "status", cmd_status, "counts by status, jobs, failed items of a batch")
     status.add_argument("--batch", type=int, required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -417,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.debug, args.verbose)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config) if getattr(args, "needs_config", True) else {}
         return int(args.handler(args, config))
     except ECODError as exc:
         if args.debug:

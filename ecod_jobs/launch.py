@@ -24,6 +24,7 @@ from typing import Any
 from psycopg2 import sql
 
 from . import run_record
+from .bundle import PROFILES, SNAKEFILE, check_bundle
 from .config import job_type_spec, load_config, resolve_config_path
 from .db import (
     Database,
@@ -42,9 +43,6 @@ from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
 from .states import RunStatus
 from .sync import sync_batch
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-SNAKEFILE = PACKAGE_ROOT / "workflow" / "Snakefile"
-PROFILES = PACKAGE_ROOT / "profiles"
 SLURM_PROFILE_JOBS = 10000  # profiles/slurm: jobs and max-jobs-per-timespan
 
 ProgressCallback = Callable[[dict[str, int], int], None]
@@ -67,6 +65,13 @@ class BatchResult:
     @property
     def failed(self) -> int:
         return len(self.failed_items)
+
+    @property
+    def unfinished(self) -> int:
+        """Items planned for this run that did not end (still processing, or never planned
+        because the workflow did not get that far)."""
+        done = sum(self.by_status.get(s, 0) for s in ("success", "error", "skipped"))
+        return max(self.planned_items - done, self.by_status.get("processing", 0), 0)
 
     @property
     def ok(self) -> bool:
@@ -156,8 +161,8 @@ def run_batch(
         raise ConfigurationError(
             f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
         )
-    if not SNAKEFILE.exists():
-        raise ConfigurationError(f"workflow not found at {SNAKEFILE}: install ecod-jobs from its source tree")
+    # the workflow is here and Snakemake finds the profile's plugins, before anything is planned
+    check_bundle(profile_dir)
     # Whatever the caller's umask, nothing a run writes (plans, manifests, Snakemake's
     # job scripts, results, logs) is writable by other users.
     os.umask(os.umask(0) | 0o002)
