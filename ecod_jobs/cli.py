@@ -327,6 +327,8 @@ def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # One declaration of every command and option, read top to bottom like `--help`;
+    # splitting it would only scatter the CLI's shape over several functions.
     parser = argparse.ArgumentParser(
         prog="ecod-jobs",
         description="Run ECOD batches on local cores or SLURM, tracked in PostgreSQL.",

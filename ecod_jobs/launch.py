@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from .db import (
 )
 from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
 from .layout import BatchLayout
+from .lease import acquire, release
 from .plan import count_needing_work
 from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
 from .states import RunStatus
@@ -171,7 +172,6 @@ def run_batch(
     require_batch(db, batch_id)
     run_id = str(uuid.uuid4())
     if not dry_run:
-        from .lease import acquire, release
         from .recovery import recover_dead_runs
 
         # Refuse now, naming the holder, rather than deep in Snakemake's log; then settle
@@ -184,22 +184,72 @@ def run_batch(
             release(db, run_id)
         return BatchResult(batch_id, None, 0, status_counts(db, batch_id), nothing_to_do=True)
 
-    from .recovery import slurm_name_prefix
-
     chunks = -(-pending // spec.batch_size)
     if executor in SLURM_EXECUTORS and chunks > SLURM_PROFILE_JOBS:
         # every chunk reaches the executor in one round, as arrays (see profiles/slurm)
         snakemake_options.setdefault("jobs", chunks)
         snakemake_options.setdefault("max_jobs_per_timespan", f"{chunks}/1s")
+    smk_config = [f"batch_id={batch_id}", f"job_type={spec.name}", f"retry_failed={retry_failed}"]
+    argv, env = _workflow_command(profile_dir, executor, config_path, run_id, smk_config, snakemake_options)
+    if dry_run:
+        argv.append("--dry-run")
+    log_dir = Path(config["pipeline"]["work_root"]) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = (log_dir / f"run-{run_id}.log").resolve()
+
+    def watch(proc: subprocess.Popen[bytes]) -> None:
+        if progress is not None and not dry_run:
+            # progress is cosmetic; never let it stop the run
+            with contextlib.suppress(Exception):
+                progress(status_counts(db, batch_id, run_id), pending)
+
+    def settle() -> None:
+        if not dry_run:
+            _settle_stopped(db, config, batch_id, spec.name)
+
+    try:
+        returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle)
+    finally:
+        if not dry_run:
+            # the workflow released it already, unless the database is away (then the
+            # next run takes the lease over from this dead process)
+            with contextlib.suppress(DatabaseError):
+                release(db, run_id)
+    result = BatchResult(batch_id, run_id, returncode, planned_items=pending, log_path=log_path)
+    if dry_run:
+        return replace(result, by_status=status_counts(db, batch_id), dry_run=True)
+    try:
+        return replace(
+            result,
+            by_status=status_counts(db, batch_id, run_id),
+            failed_items=failed_items(db, batch_id, run_id),
+        )
+    except DatabaseError as exc:
+        if not is_transient(exc):
+            raise
+        run_dir = BatchLayout.create(config["pipeline"]["work_root"], batch_id, spec.name).run(run_id).dir
+        raise RecordIncompleteError(
+            f"run {run_id} ended (workflow exit {returncode}) while the database was away ({exc});"
+            f" its results are safe in {run_dir}. When the database is back, run:"
+            f" ecod-jobs sync --batch {batch_id}",
+            {"run_id": run_id, "log": str(log_path)},
+        ) from None
+
+
+def _workflow_command(
+    profile_dir: Path,
+    executor: str,
+    config_path: str | os.PathLike[str] | None,
+    run_id: str,
+    smk_config: list[str],
+    snakemake_options: Mapping[str, Any],
+) -> tuple[list[str], dict[str, str]]:
+    """The Snakemake command line of run ``run_id`` and its environment."""
+    from .recovery import slurm_name_prefix
 
     path, explicit = resolve_config_path(config_path)
     env = {**os.environ, "ECOD_JOBS_RUN_ID": run_id}
-    smk_config = [
-        f"batch_id={batch_id}",
-        f"job_type={spec.name}",
-        f"retry_failed={retry_failed}",
-        f"run_id={run_id}",
-    ]
+    smk_config = [*smk_config, f"run_id={run_id}"]
     if explicit or (path is not None and path.exists()):
         config_file = str(Path(path).resolve())
         env["ECOD_CONFIG_PATH"] = config_file
@@ -208,12 +258,21 @@ def run_batch(
     prefix = (
         [f"--{executor}-jobname-prefix", slurm_name_prefix(run_id)] if executor in SLURM_EXECUTORS else []
     )
-    argv = snakemake_command(profile_dir, smk_config, *prefix, *snakemake_args(snakemake_options))
-    if dry_run:
-        argv.append("--dry-run")
-    log_dir = Path(config["pipeline"]["work_root"]) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = (log_dir / f"run-{run_id}.log").resolve()
+    return snakemake_command(profile_dir, smk_config, *prefix, *snakemake_args(snakemake_options)), env
+
+
+def _run_workflow(
+    argv: list[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    run_id: str,
+    *,
+    watch: Callable[[subprocess.Popen[bytes]], None],
+    on_stop: Callable[[], None],
+) -> int:
+    """Run Snakemake to its end, its output in ``log_path``, calling ``watch`` every second.
+    Told to stop (Ctrl-C, SIGTERM, SIGHUP), it stops the workflow as Ctrl-C does, within
+    bounds, calls ``on_stop`` to settle what it left behind, and re-raises."""
     with log_path.open("wb") as log:
         # Its own process group, so that a cancel can interrupt Snakemake and its local
         # jobs together, as Ctrl-C in a terminal does.
@@ -228,58 +287,17 @@ def run_batch(
         try:
             with _stop_signals_interrupt():
                 while proc.poll() is None:
-                    if progress is not None and not dry_run:
-                        # progress is cosmetic; never let it stop the run
-                        with contextlib.suppress(Exception):
-                            progress(status_counts(db, batch_id, run_id), pending)
+                    watch(proc)
                     time.sleep(1.0)
         except KeyboardInterrupt:
-            # Ctrl-C, SIGTERM (timeout, a reaped login session) or SIGHUP: stop the
-            # workflow as Ctrl-C does, within bounds, then settle what it left behind.
+            # a timeout or a reaped login session sends SIGTERM or SIGHUP
             with _signals_ignored():
                 how = describe_stop(stop_workflow(proc.pid))
                 proc.wait()
                 print(f"ecod-jobs: run {run_id}: stopped the workflow {how}", file=sys.stderr)
-                if not dry_run:
-                    _settle_stopped(db, config, batch_id, spec.name)
+                on_stop()
             raise
-        finally:
-            if not dry_run:
-                # the workflow released it already, unless the database is away (then the
-                # next run takes the lease over from this dead process)
-                with contextlib.suppress(DatabaseError):
-                    release(db, run_id)
-    if dry_run:
-        return BatchResult(
-            batch_id,
-            run_id,
-            proc.returncode,
-            status_counts(db, batch_id),
-            planned_items=pending,
-            log_path=log_path,
-            dry_run=True,
-        )
-    try:
-        by_status, failed = status_counts(db, batch_id, run_id), failed_items(db, batch_id, run_id)
-    except DatabaseError as exc:
-        if not is_transient(exc):
-            raise
-        run_dir = BatchLayout.create(config["pipeline"]["work_root"], batch_id, spec.name).run(run_id).dir
-        raise RecordIncompleteError(
-            f"run {run_id} ended (workflow exit {proc.returncode}) while the database was away ({exc});"
-            f" its results are safe in {run_dir}. When the database is back, run:"
-            f" ecod-jobs sync --batch {batch_id}",
-            {"run_id": run_id, "log": str(log_path)},
-        ) from None
-    return BatchResult(
-        batch_id,
-        run_id,
-        proc.returncode,
-        by_status,
-        failed,
-        planned_items=pending,
-        log_path=log_path,
-    )
+    return proc.returncode
 
 
 class Stopped(KeyboardInterrupt):
