@@ -24,7 +24,7 @@ from typing import Any
 from psycopg2 import sql
 
 from . import run_record
-from .bundle import PROFILES, SNAKEFILE, check_bundle
+from .bundle import PROFILES, SNAKEFILE, check_bundle, profile_settings
 from .config import job_type_spec, load_config, resolve_config_path
 from .db import (
     Database,
@@ -97,13 +97,7 @@ SLURM_EXECUTORS = ("ecod-slurm", "slurm")
 
 def profile_executor(profile_dir: Path) -> str:
     """The profile's ``executor`` (``local`` when it names none)."""
-    import yaml
-
-    try:
-        settings = yaml.safe_load((profile_dir / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"profile {profile_dir / 'config.yaml'} is not valid YAML: {exc}") from None
-    return str(settings.get("executor") or "local") if isinstance(settings, dict) else "local"
+    return str(profile_settings(profile_dir).get("executor") or "local")
 
 
 def snakemake_args(options: Mapping[str, Any]) -> list[str]:
