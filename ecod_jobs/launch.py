@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from . import run_record
+from . import run_record, slurm_commands
 from .bundle import PROFILES, SNAKEFILE, check_bundle, profile_settings
 from .config import job_type_spec, load_config, resolve_config_path
 from .db import (
@@ -152,7 +151,7 @@ def run_batch(
     spec = job_type_spec(config, job_type)
     profile_dir = resolve_profile(profile)
     executor = profile_executor(profile_dir)
-    if executor in SLURM_EXECUTORS and not shutil.which("sbatch"):
+    if executor in SLURM_EXECUTORS and not slurm_commands.available("sbatch"):
         raise ConfigurationError(
             f"profile {profile!r} submits to SLURM, but 'sbatch' is not on PATH on {socket.gethostname()}"
         )
@@ -426,7 +425,6 @@ def cancel_batch(
 
 def _cancel_stray_jobs(db: Database, batch_id: int, open_run_ids: list[str]) -> list[str]:
     """scancel the batch's jobs still recorded as submitted that belong to no open run."""
-    from . import slurm_commands
 
     live = sorted(
         str(r[0])
