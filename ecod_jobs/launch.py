@@ -425,7 +425,6 @@ def cancel_batch(
 
 def _cancel_stray_jobs(db: Database, batch_id: int, open_run_ids: list[str]) -> list[str]:
     """scancel the batch's jobs still recorded as submitted that belong to no open run."""
-
     live = sorted(
         str(r[0])
         for r in db.query(
