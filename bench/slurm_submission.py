@@ -178,7 +178,8 @@ def submission(work: Path) -> list[Measurement]:
             names = set(
                 subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
             ) - {BASELINE_NAME}
-            os.killpg(proc.pid, signal.SIGINT)  # Snakemake cancels its jobs on Ctrl-C
+            # stops the workflow as Ctrl-C does (SIGINT may be ignored: a background job)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:

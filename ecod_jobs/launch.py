@@ -254,6 +254,14 @@ def _workflow_command(
     return snakemake_command(profile_dir, smk_config, *prefix, *snakemake_args(snakemake_options)), env
 
 
+def _interruptible() -> None:
+    """In Snakemake's process, before it starts: SIGINT does what Ctrl-C does. A command
+    started in the background by a script (``ecod-jobs run ... &``, nohup) inherits SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt: a stop's first, gentle
+    step (Snakemake cancelling its own jobs) would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_workflow(
     argv: list[str],
     env: Mapping[str, str],
@@ -276,6 +284,7 @@ def _run_workflow(
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_interruptible,
         )
         try:
             with _stop_signals_interrupt():
