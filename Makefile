@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml hatch_build.py
 
 venv: $(STAMP)
 
+# snakemake --lint exits 1 on any lint, and the chunk rule keeps one on purpose
+# (README, Testing); scripts/lint_workflow.py fails on any other, or if that one goes.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/lint_workflow.py
 
 slurm-up:
 	scripts/slurm-cluster up
