@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,29 @@ def write_plan(run: Any, command: str, output_dir: str, chunks: int, items_per_c
         items=chunks * items_per_chunk,
         chunks=tuple(PlannedChunk(f"c{i:05d}", items_per_chunk, i + 1) for i in range(chunks)),
     ).write(run)
+
+
+@dataclass
+class Protein:
+    id: int
+    sequence_path: str
+
+
+class DomainAnalysisPipeline:
+    """Stands in for ecod.pipelines.domain_analysis (ECOD's, not part of the jobs module) in
+    the READMEs' pipeline example: the pending items of a batch, as ``(id, sequence_path)``."""
+
+    def __init__(self, config_path: str) -> None:
+        import yaml
+
+        from ecod_jobs.db import Database
+
+        self.db = Database(yaml.safe_load(Path(config_path).read_text()))
+
+    def get_pending_proteins(self, batch_id: int) -> list[Protein]:
+        rows = self.db.query(
+            "SELECT id, relative_path FROM ecod_schema.process_status"
+            " WHERE batch_id = %s AND status = 'pending' ORDER BY id",
+            (batch_id,),
+        )
+        return [Protein(pid, path) for pid, path in rows]
