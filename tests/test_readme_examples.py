@@ -202,7 +202,8 @@ SKIPPED_COMMANDS = {
     "ssh": "needs a login node and an account on it; the tunnel is ssh's, not ecod-jobs'",
 }
 
-# Commands that serve until Ctrl-C: started, asked once, then stopped with SIGINT.
+# Commands that serve until Ctrl-C: started, asked once, then stopped with SIGINT. They
+# use the README's ports (8050, 9000): a dashboard of your own on one of them fails the test.
 SERVERS = {"ecod-jobs dashboard": ("/api/batches", 8050)}
 
 
@@ -441,8 +442,9 @@ def check_dashboards(world: World, out: str) -> None:
     for served in world.ran:
         assert served.answered and served.answered.startswith("200 "), (served.command, served.stdout)
         assert "batch1" in (served.answered or ""), served.answered
-        # stopped as by Ctrl-C: 128 + SIGINT, without a traceback
-        assert served.returncode == 130, f"{served.command!r} exited {served.returncode} on Ctrl-C"
+        # stopped by Ctrl-C: 130 (uvicorn shuts down, then passes the signal on), or 0 when the
+        # test runs with SIGINT ignored (a background job of a script); never a traceback
+        assert served.returncode in (0, 130), f"{served.command!r} exited {served.returncode} on Ctrl-C"
         assert "Traceback" not in served.stdout, served.stdout
 
 
