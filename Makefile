@@ -7,10 +7,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint demo bench slurm-up slurm-down clean
+.PHONY: help venv test lint demo screenshots bench slurm-up slurm-down clean
 
 help:
 	@echo "make demo   - run the demo batch on the embedded PostgreSQL"
+	@echo "make screenshots - the README's docs/img/*.png, from the demo batch (headless Chromium)"
 	@echo "make test   - lint and run the whole test suite (starts SLURM when root)"
 	@echo "make lint   - ruff and snakemake --lint"
 	@echo "make bench  - benchmarks vs baselines (bench/results/latest.md), about 10 min"
@@ -25,8 +26,11 @@ $(STAMP): pyproject.toml hatch_build.py
 
 venv: $(STAMP)
 
+# snakemake --lint exits 1 on any lint, and the chunk rule keeps one on purpose
+# (README, Testing); scripts/lint_workflow.py fails on any other, or if that one goes.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/lint_workflow.py
 
 slurm-up:
 	scripts/slurm-cluster up
@@ -50,6 +54,12 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo
+
+# The README's screenshots: make demo on a database of its own, photographed by
+# Debian's headless Chromium (scripts/browser-deps installs it, as root).
+screenshots: $(STAMP)
+	scripts/browser-deps
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .ecod_jobs .snakemake results .pytest_cache .ruff_cache test-artifacts

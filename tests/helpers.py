@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,52 +109,160 @@ COMMAND = (
     " echo done {item_id} > {output_dir}/{item_id}.out"
 )
 
+# The command's own count of how often it ran: one line per run of an item's command
+# (read with commands_ran). Join it with && so that a step killed before it stops it.
+RAN = "echo {item_id} >> {output_dir}/ran.log"
+
+
+def commands_ran(output_dir: Path) -> Counter[int]:
+    """How many times each item's command reached RAN, by process id (empty before any did)."""
+    log = output_dir / "ran.log"
+    return Counter(int(line) for line in log.read_text().split()) if log.exists() else Counter()
+
+
+def write_items(path: Path, paths: list[str]) -> Path:
+    """An items file listing ``paths`` (no other columns)."""
+    path.write_text("path\n" + "".join(f"{item}\n" for item in paths))
+    return path
+
+
+def add_batch(cfg: Path, tmp_path: Path, name: str, paths: list[str]) -> int:
+    """Register one more batch named ``name`` (items file ``{name}.tsv`` listing ``paths``,
+    base path ``tmp_path``) under the config ``cfg`` of setup_batch."""
+    return create_batch(cfg, write_items(tmp_path / f"{name}.tsv", paths), name, tmp_path)
+
 
 def setup_batch(
     tmp_path: Path,
-    scratch_db: dict[str, Any],
+    database: dict[str, Any],
     n: int = 14,
     batch_size: int = 4,
     command: str = COMMAND,
     extra: dict[str, Any] | None = None,
+    *,
+    paths: list[str] | None = None,
+    job_type: str = "echo",
+    options: dict[str, Any] | None = None,
+    name: str = "wf",
+    config_name: str = "config.yml",
+    base_path: Path | None = None,
 ) -> tuple[Path, int]:
-    """A config file, n input files (item 3 has no input file) and a registered batch."""
+    """The one batch set-up of the tests: a config file and a registered batch.
+
+    ``database`` is the config's ``database`` section (``scratch_db``, or another
+    server's). One job type ``job_type`` runs ``command`` in chunks of ``batch_size``
+    (1G, 5 minutes, stage ``{job_type}_complete``; ``options`` adds or overrides its
+    keys); ``extra`` adds top-level config sections. Work and output roots are under
+    ``tmp_path``; outputs go to ``{base_path}/{job_type}`` (base path: ``tmp_path``).
+
+    Items (``tmp_path/items.tsv``): without ``paths``, n input files ``data/chain i.fa``
+    (spaces: they reach the command as one argument) with protein ids, where item 3 has
+    no file; with ``paths``, those paths and no files (``check_inputs`` off). In a fresh
+    database the process ids are 1, 2, ... in that order.
+    """
+    job: dict[str, Any] = {
+        "command": command,
+        "batch_size": batch_size,
+        "memory": "1G",
+        "time": "00:05:00",
+        "stage": f"{job_type}_complete",
+    }
+    if paths is not None:
+        job["check_inputs"] = False
+    cfg = write_config(
+        tmp_path / config_name,
+        {
+            "database": database,
+            "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
+            "job_types": {job_type: {**job, **(options or {})}},
+            **(extra or {}),
+        },
+    )
+    items = tmp_path / "items.tsv"
+    if paths is not None:
+        write_items(items, paths)
+        return cfg, create_batch(cfg, items, name, tmp_path if base_path is None else base_path)
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     lines = ["path\tprotein_id"]
     for i in range(1, n + 1):
-        name = f"chain {i}.fa"  # spaces: reach the command as one argument
+        file_name = f"chain {i}.fa"
         if i != 3:
-            (data / name).write_text(f">p{i}\nMKV\n")
-        lines.append(f"data/{name}\t{i}")
-    (tmp_path / "items.tsv").write_text("\n".join(lines) + "\n")
-    cfg = {
-        "database": scratch_db,
-        "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
-        "job_types": {
-            "echo": {
-                "command": command,
-                "batch_size": batch_size,
-                "memory": "1G",
-                "time": "00:05:00",
-                "stage": "echo_complete",
-            }
-        },
-        **(extra or {}),
-    }
-    path = write_config(tmp_path / "config.yml", cfg)
-    return path, create_batch(path, tmp_path / "items.tsv", "wf", tmp_path)
+            (data / file_name).write_text(f">p{i}\nMKV\n")
+        lines.append(f"data/{file_name}\t{i}")
+    items.write_text("\n".join(lines) + "\n")
+    return cfg, create_batch(cfg, items, name, tmp_path if base_path is None else base_path)
 
 
-def assert_each_item_once(conn: Any, run_id: str, expected: set[int]) -> None:
-    rows = q(
-        conn,
-        "SELECT ji.process_id FROM ecod_schema.job_item ji JOIN ecod_schema.job j"
-        " ON j.id = ji.job_id WHERE j.run_id = %s",
-        run_id,
-    )
-    ids = [r[0] for r in rows]
-    assert sorted(ids) == sorted(expected), "every planned item has exactly one job_item in the run"
+def assert_each_item_once(
+    conn: Any,
+    items: int | Iterable[int],
+    *,
+    failed: Iterable[int] = (),
+    run_id: str | None = None,
+    ran: Path | None = None,
+) -> None:
+    """The one check that each item was done exactly once (``items``: process ids, or n for 1..n).
+
+    - ``process_status``: each item ``success``, or ``error`` for those in ``failed``;
+      without ``run_id``, these are all the items of their batches.
+    - ``job_item``: with ``run_id``, exactly one row per item in that run (``completed``,
+      or ``failed`` for those in ``failed``) and none for any other item; without it,
+      exactly one ``completed`` row per succeeded item over all runs and none for others.
+    - ``ran``: the output directory of a command that ends with RAN; each item's command
+      ran exactly once, and no other item's.
+    """
+    wanted = set(range(1, items + 1)) if isinstance(items, int) else set(items)
+    failing = set(failed)
+    assert failing <= wanted, f"failed items {sorted(failing - wanted)} are not among the items"
+    problems: list[str] = []
+
+    expected_status = {i: "error" if i in failing else "success" for i in wanted}
+    if run_id is None:
+        rows = q(
+            conn,
+            "SELECT id, status FROM ecod_schema.process_status WHERE batch_id IN"
+            " (SELECT batch_id FROM ecod_schema.process_status WHERE id = ANY(%s))",
+            sorted(wanted),
+        )
+    else:
+        rows = q(conn, "SELECT id, status FROM ecod_schema.process_status WHERE id = ANY(%s)", sorted(wanted))
+    status = dict(rows)
+    for i in sorted(set(status) | wanted):
+        if status.get(i) != expected_status.get(i):
+            problems.append(
+                f"item {i}: process_status {status.get(i, 'missing')!r}, expected "
+                f"{expected_status.get(i, 'not in the batch')!r}"
+            )
+
+    if run_id is not None:
+        rows = q(
+            conn,
+            "SELECT ji.process_id, ji.status FROM ecod_schema.job_item ji JOIN ecod_schema.job j"
+            " ON j.id = ji.job_id WHERE j.run_id = %s",
+            run_id,
+        )
+        where = f"in run {run_id}"
+        expected_rows = Counter({(i, "failed" if i in failing else "completed"): 1 for i in wanted})
+    else:
+        rows = q(conn, "SELECT process_id, status FROM ecod_schema.job_item WHERE status = 'completed'")
+        where = "over all runs"
+        expected_rows = Counter({(i, "completed"): 1 for i in wanted - failing})
+    got_rows = Counter(rows)
+    for i, row_status in sorted(set(got_rows) | set(expected_rows)):
+        if got_rows[(i, row_status)] != expected_rows[(i, row_status)]:
+            problems.append(
+                f"item {i}: {got_rows[(i, row_status)]} {row_status} job_item rows {where},"
+                f" expected {expected_rows[(i, row_status)]}"
+            )
+
+    if ran is not None:
+        counts = commands_ran(ran)
+        for i in sorted(set(counts) | wanted):
+            if counts[i] != (1 if i in wanted else 0):
+                problems.append(f"item {i}: its command ran {counts[i]} times ({ran / 'ran.log'})")
+
+    assert not problems, "each item done exactly once, but:\n  " + "\n  ".join(problems)
 
 
 def squeue_tasks_of_run(conn: Any, *, completing: bool = True) -> list[str]:
@@ -195,3 +306,29 @@ def write_plan(run: Any, command: str, output_dir: str, chunks: int, items_per_c
         items=chunks * items_per_chunk,
         chunks=tuple(PlannedChunk(f"c{i:05d}", items_per_chunk, i + 1) for i in range(chunks)),
     ).write(run)
+
+
+@dataclass
+class Protein:
+    id: int
+    sequence_path: str
+
+
+class DomainAnalysisPipeline:
+    """Stands in for ecod.pipelines.domain_analysis (ECOD's, not part of the jobs module) in
+    the READMEs' pipeline example: the pending items of a batch, as ``(id, sequence_path)``."""
+
+    def __init__(self, config_path: str) -> None:
+        import yaml
+
+        from ecod_jobs.db import Database
+
+        self.db = Database(yaml.safe_load(Path(config_path).read_text()))
+
+    def get_pending_proteins(self, batch_id: int) -> list[Protein]:
+        rows = self.db.query(
+            "SELECT id, relative_path FROM ecod_schema.process_status"
+            " WHERE batch_id = %s AND status = 'pending' ORDER BY id",
+            (batch_id,),
+        )
+        return [Protein(pid, path) for pid, path in rows]

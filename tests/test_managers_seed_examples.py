@@ -18,12 +18,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import DomainAnalysisPipeline
 from psycopg2 import sql
 
 from ecod_jobs import LocalJobManager
@@ -207,27 +207,6 @@ def adapt(example: str, tmp_path: Path) -> str:
         .replace('"/tmp/jobs"', repr(str(tmp_path / "jobs")))
         .replace('"/results/batch_jobs"', repr(str(tmp_path / "results" / "batch_jobs")))
     )
-
-
-@dataclass
-class Protein:
-    id: int
-    sequence_path: str
-
-
-class DomainAnalysisPipeline:
-    """Stands in for ecod.pipelines.domain_analysis (not part of the jobs module)."""
-
-    def __init__(self, config_path: str) -> None:
-        self.db = Database(yaml.safe_load(Path(config_path).read_text()))
-
-    def get_pending_proteins(self, batch_id: int) -> list[Protein]:
-        rows = self.db.query(
-            "SELECT id, relative_path FROM ecod_schema.process_status"
-            " WHERE batch_id = %s AND status = 'pending' ORDER BY id",
-            (batch_id,),
-        )
-        return [Protein(pid, path) for pid, path in rows]
 
 
 @pytest.fixture

@@ -12,18 +12,14 @@ import re
 import signal
 import subprocess
 import time
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_each_item_once, q, setup_batch, start_cli, wait_for
+from helpers import RAN, assert_each_item_once, commands_ran, q, setup_batch, start_cli, wait_for
 
 from ecod_jobs.launch import run_batch
-
-# Counts executions: one line per time an item's command ran.
-COUNTING = "echo {item_id} >> {output_dir}/ran.log"
 
 
 def _sacct(array_ids: set[str]) -> list[tuple[str, str, datetime, datetime]]:
@@ -52,7 +48,7 @@ def test_150_chunks_finish_with_every_item_done_once(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     n = 150
-    cfg, batch = setup_batch(tmp_path, scratch_db, n=n, batch_size=1, command=COUNTING)
+    cfg, batch = setup_batch(tmp_path, scratch_db, n=n, batch_size=1, command=RAN)
     (tmp_path / "data" / "chain 3.fa").write_text(">p3\nM\n")  # every item has its input
     started = time.monotonic()
     result = run_batch(
@@ -62,9 +58,7 @@ def test_150_chunks_finish_with_every_item_done_once(
     log = result.log_path.read_text()
     assert result.returncode == 0, log[-3000:]
     assert result.by_status == {"success": n}
-    ran = Counter((tmp_path / "echo" / "ran.log").read_text().split())
-    assert ran == Counter(str(i) for i in range(1, n + 1)), "every item's command ran exactly once"
-    assert_each_item_once(pg_conn, result.run_id, set(range(1, n + 1)))
+    assert_each_item_once(pg_conn, n, run_id=result.run_id, ran=tmp_path / "echo")
     jobs = q(
         pg_conn,
         "SELECT chunk_id, status, slurm_job_id FROM ecod_schema.job WHERE run_id = %s ORDER BY chunk_id",
@@ -180,7 +174,7 @@ def test_throttle_holds_across_arrays(
         scratch_db,
         n=n,
         batch_size=1,
-        command="sleep 3; " + COUNTING,
+        command="sleep 3; " + RAN,
         extra={"slurm": {"array_limit": 1}},
     )
     (tmp_path / "data" / "chain 3.fa").write_text(">p3\nM\n")
@@ -196,9 +190,7 @@ def test_throttle_holds_across_arrays(
     assert result.by_status == {"success": n}
     assert log.count("Submitted array job") == 3
     assert log.count("(released)") == 2, "the held arrays were released as the budget freed"
-    assert Counter((tmp_path / "echo" / "ran.log").read_text().split()) == Counter(
-        str(i) for i in range(1, n + 1)
-    )
+    assert_each_item_once(pg_conn, n, run_id=result.run_id, ran=tmp_path / "echo")
     arrays = set(re.findall(r"Submitted array job (\d+)", log))
     tasks = sorted(_sacct(arrays), key=lambda t: t[2])
     assert len(tasks) == n
@@ -213,7 +205,7 @@ def test_a_task_told_to_run_another_chunk_stops_the_run(
     head stops the run with the reason instead of letting items wait (local profile: the same
     runner and head as on SLURM, with the task's marker injected into the environment)."""
     monkeypatch.chdir(tmp_path)
-    cfg, batch = setup_batch(tmp_path, scratch_db, n=4, batch_size=1, command="sleep 2; " + COUNTING)
+    cfg, batch = setup_batch(tmp_path, scratch_db, n=4, batch_size=1, command="sleep 2; " + RAN)
     (tmp_path / "data" / "chain 3.fa").write_text(">p3\nM\n")
     monkeypatch.setenv("ECOD_JOBS_TASK_CHUNK", "c00001")
     result = run_batch(batch, config_path=cfg, cores=1)
@@ -223,9 +215,4 @@ def test_a_task_told_to_run_another_chunk_stops_the_run(
     assert "was submitted for chunk c00001 but was told to run chunk c0000" in message
     assert "stopping the run" in result.log_path.read_text()
     assert not q(pg_conn, "SELECT 1 FROM ecod_schema.process_status WHERE status = 'processing'")
-    ran = (
-        (tmp_path / "echo" / "ran.log").read_text().split()
-        if (tmp_path / "echo" / "ran.log").exists()
-        else []
-    )
-    assert set(ran) <= {"2"}, "no other chunk's items ran"
+    assert set(commands_ran(tmp_path / "echo")) <= {2}, "no other chunk's items ran"

@@ -8,33 +8,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import create_batch, q, run_cli, start_cli, write_config
+from helpers import RAN, add_batch, assert_each_item_once, q, run_cli, setup_batch, start_cli
 
 from ecod_jobs.launch import run_batch
 
 
-def make_config(tmp_path: Path, scratch_db: dict[str, Any], command: str) -> Path:
-    return write_config(
-        tmp_path / "config.yml",
-        {
-            "database": scratch_db,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {"t": {"command": command, "batch_size": 2, "check_inputs": False}},
-        },
+def make_batch(tmp_path: Path, scratch_db: dict[str, Any], command: str, n: int) -> tuple[Path, int]:
+    """A config of job type ``t`` (two items per chunk) and batch ``b`` of n items."""
+    return setup_batch(
+        tmp_path, scratch_db, batch_size=2, command=command, paths=items("b", n), job_type="t", name="b"
     )
 
 
-def make_batch(cfg: Path, tmp_path: Path, name: str, n: int) -> int:
-    items = tmp_path / f"{name}.tsv"
-    items.write_text("path\n" + "".join(f"{name}_{i}\n" for i in range(n)))
-    return create_batch(cfg, items, name, tmp_path)
+def items(name: str, n: int) -> list[str]:
+    return [f"{name}_{i}" for i in range(n)]
 
 
 def test_second_run_of_same_batch_is_refused_naming_the_holder(
     tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
 ) -> None:
-    cfg = make_config(tmp_path, scratch_db, "sleep 2")
-    batch = make_batch(cfg, tmp_path, "b", 4)
+    cfg, batch = make_batch(tmp_path, scratch_db, "sleep 2 && " + RAN, 4)
     first = start_cli("--config", str(cfg), "run", "--batch", str(batch), cwd=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not q(pg_conn, "SELECT 1 FROM ecod_schema.ecod_jobs_lease"):
@@ -48,8 +41,8 @@ def test_second_run_of_same_batch_is_refused_naming_the_holder(
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err
     # no item was processed twice, and the lease is gone once the run ended
-    per_item = q(pg_conn, "SELECT count(*) FROM ecod_schema.job_item GROUP BY process_id")
-    assert per_item == [(1,)] * 4
+    assert_each_item_once(pg_conn, 4, ran=tmp_path / "t")
+    assert q(pg_conn, "SELECT count(*) FROM ecod_schema.job_item") == [(4,)], "one job_item per item"
     assert q(pg_conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_lease") == [(0,)]
 
 
@@ -57,8 +50,7 @@ def test_dead_holder_on_another_host_is_taken_over(
     tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, monkeypatch: Any
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = make_config(tmp_path, scratch_db, "true")
-    batch = make_batch(cfg, tmp_path, "b", 3)
+    cfg, batch = make_batch(tmp_path, scratch_db, "true", 3)
     run_cli("--config", str(cfg), "db", "init")
     with pg_conn.cursor() as cur:  # a run on a head node that vanished 10 minutes ago
         cur.execute(
@@ -74,8 +66,8 @@ def test_two_batches_run_side_by_side(
     tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, monkeypatch: Any
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = make_config(tmp_path, scratch_db, "sleep 1")
-    batches = [make_batch(cfg, tmp_path, name, 4) for name in ("a", "b")]
+    cfg, first = make_batch(tmp_path, scratch_db, "sleep 1", 4)
+    batches = [first, add_batch(cfg, tmp_path, "a", items("a", 4))]
     results: dict[int, Any] = {}
     threads = [
         threading.Thread(target=lambda b=b: results.__setitem__(b, run_batch(b, config_path=cfg, cores=1)))
@@ -95,8 +87,7 @@ def test_heartbeat_notices_a_lost_lease(tmp_path: Path, scratch_db: dict[str, An
     from ecod_jobs.db import Database, init_schema
     from ecod_jobs.lease import Heartbeat, acquire
 
-    cfg = make_config(tmp_path, scratch_db, "true")
-    make_batch(cfg, tmp_path, "b", 1)
+    make_batch(tmp_path, scratch_db, "true", 1)
     db = Database(from_mapping({"database": scratch_db}))
     init_schema(db)
     run_a, run_b = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import connect_scratch, create_batch, q, run_cli, start_cli, write_config
+from helpers import (
+    RAN,
+    assert_each_item_once,
+    commands_ran,
+    connect_scratch,
+    q,
+    run_cli,
+    setup_batch,
+    start_cli,
+)
 from private_pg import PrivatePostgres
 
 pytestmark = pytest.mark.slow
@@ -26,29 +35,23 @@ def server() -> Iterator[PrivatePostgres]:
     pg.close()
 
 
-def setup_batch(tmp_path: Path, server: PrivatePostgres) -> Path:
-    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(1, N + 1)))
-    cfg = write_config(
-        tmp_path / "config.yml",
-        {
-            "database": {**server.section, "retry_seconds": 15},
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {
-                "slow": {
-                    "command": "sleep 1 && echo ran >> {output_dir}/{item_id}.count",
-                    "batch_size": 2,
-                    "check_inputs": False,
-                }
-            },
-        },
+def setup(tmp_path: Path, server: PrivatePostgres) -> Path:
+    """N items, two per chunk, of job type ``slow`` (outputs in tmp_path/slow) on the private server."""
+    cfg, _batch = setup_batch(
+        tmp_path,
+        {**server.section, "retry_seconds": 15},
+        batch_size=2,
+        command="sleep 1 && " + RAN,
+        paths=[f"item{i}" for i in range(1, N + 1)],
+        job_type="slow",
+        name="outage",
     )
-    create_batch(cfg, tmp_path / "items.tsv", "outage", tmp_path)
     return cfg
 
 
 def wait_for_counts(output: Path, n: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while len(list(output.glob("*.count"))) < n:
+    while len(commands_ran(output)) < n:
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.2)
 
@@ -56,22 +59,17 @@ def wait_for_counts(output: Path, n: int, timeout: float = 120) -> None:
 def assert_record_complete(server: PrivatePostgres, output: Path) -> None:
     conn = connect_scratch(server.section)
     try:
-        assert q(conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY status") == [
-            ("success", N)
-        ]
-        assert q(conn, "SELECT count(*) FROM ecod_schema.job_item WHERE status = 'completed'") == [(N,)]
+        assert_each_item_once(conn, N, ran=output)
         assert q(conn, "SELECT DISTINCT status FROM ecod_schema.job") == [("completed",)]
         assert q(conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("success",)]
         assert q(conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_lease") == [(0,)]
         assert q(conn, "SELECT completed_items, status FROM ecod_schema.batch") == [(N, "completed")]
     finally:
         conn.close()
-    counts = [p.read_text().count("ran") for p in output.glob("*.count")]
-    assert len(counts) == N and set(counts) == {1}, "every command ran exactly once"
 
 
 def test_restart_mid_run_converges(tmp_path: Path, server: PrivatePostgres) -> None:
-    cfg = setup_batch(tmp_path, server)
+    cfg = setup(tmp_path, server)
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     wait_for_counts(tmp_path / "slow", 2)
     server.stop()  # chunks end while it is away: their records wait in the backlog
@@ -89,7 +87,7 @@ def test_restart_mid_run_converges(tmp_path: Path, server: PrivatePostgres) -> N
 def test_run_that_ends_while_the_database_is_away_says_so_and_is_completed_later(
     tmp_path: Path, server: PrivatePostgres, then: str
 ) -> None:
-    cfg = setup_batch(tmp_path, server)
+    cfg = setup(tmp_path, server)
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     wait_for_counts(tmp_path / "slow", 2)
     server.stop()
@@ -98,7 +96,7 @@ def test_run_that_ends_while_the_database_is_away_says_so_and_is_completed_later
     message = err.strip().splitlines()[-1]
     assert "ended" in message and "while the database was away" in message, err
     assert "ecod-jobs sync --batch 1" in message and "Traceback" not in err
-    assert len(list((tmp_path / "slow").glob("*.count"))) == N  # the work itself was done
+    assert len(commands_ran(tmp_path / "slow")) == N  # the work itself was done
 
     server.start()
     if then == "sync":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import connect_scratch, create_batch, q, run_cli, start_cli, wait_for, write_config
+from helpers import assert_each_item_once, connect_scratch, q, run_cli, setup_batch, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +32,21 @@ def second_db(pg_admin_params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield section
 
 
-def configure(tmp_path: Path, name: str, database: dict[str, Any], command: str) -> Path:
-    """A config of ``database`` whose work root is the one every database of the test shares."""
-    return write_config(
-        tmp_path / f"{name}.yml",
-        {
-            "database": database,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {
-                "slow": {"command": command, "batch_size": 2, "memory": "1G", "check_inputs": False}
-            },
-        },
+def configure(tmp_path: Path, name: str, database: dict[str, Any], command: str, paths: list[str]) -> Path:
+    """A config ``{name}.yml`` of ``database`` whose work root is the one every database of
+    the test shares, and its batch 1 of ``paths`` (job type ``slow``, two items per chunk)."""
+    cfg, batch = setup_batch(
+        tmp_path,
+        database,
+        batch_size=2,
+        command=command,
+        paths=paths,
+        job_type="slow",
+        name=name,
+        config_name=f"{name}.yml",
     )
+    assert batch == 1
+    return cfg
 
 
 def counts(conn: Any) -> dict[str, Any]:
@@ -110,14 +113,11 @@ def test_two_databases_sharing_a_work_root_never_see_each_others_runs(
     # long enough to outlive a slow machine: recovery, not the clock, ends these sleeps;
     # "sleeping" in the chunk's log tells start_and_kill the item took that branch
     command = f"test -e {fast} || {{{{ echo sleeping; sleep 600; }}}}"
-    cfg_a, cfg_b = (configure(tmp_path, n, d, command) for n, d in (("a", scratch_db), ("b", second_db)))
-    conn_a, conn_b = pg_conn, connect_scratch(second_db)
     # the same batch id in both databases, with different items (4 against 3): any
     # import of the other's results shows in the counts, or fails on a foreign key
-    (tmp_path / "a.tsv").write_text("path\n" + "".join(f"a{i}\n" for i in range(1, 5)))
-    (tmp_path / "b.tsv").write_text("path\n" + "".join(f"b{i}\n" for i in range(1, 4)))
-    assert create_batch(cfg_a, tmp_path / "a.tsv", "a", tmp_path) == 1
-    assert create_batch(cfg_b, tmp_path / "b.tsv", "b", tmp_path) == 1
+    cfg_a = configure(tmp_path, "a", scratch_db, command, [f"a{i}" for i in range(1, 5)])
+    cfg_b = configure(tmp_path, "b", second_db, command, [f"b{i}" for i in range(1, 4)])
+    conn_a, conn_b = pg_conn, connect_scratch(second_db)
     try:
         # A's run dies mid-way; B has never run: its batch directory holds only A's run
         run_a = start_and_kill(cfg_a, tmp_path, conn_a)
@@ -149,6 +149,7 @@ def test_two_databases_sharing_a_work_root_never_see_each_others_runs(
         after = {"a": counts(conn_a), "b": counts(conn_b)}
         for name, conn, n in (("a", conn_a, 4), ("b", conn_b, 3)):
             assert after[name]["items"] == {"success": n}, after
+            assert_each_item_once(conn, n)
             assert after[name]["jobs"] == 4 and after[name]["job_items"] == 2 * n, after
             assert [s for _r, s in after[name]["runs"]] in (
                 ["interrupted", "success"],
@@ -179,9 +180,7 @@ def test_run_files_are_checked_against_the_database_identity(
 ) -> None:
     """A known run id whose plan.json names another database is not read (by sync, nor by
     the recovery that hands its items back); a plan from before identities is still read."""
-    cfg = configure(tmp_path, "a", scratch_db, "true")
-    (tmp_path / "a.tsv").write_text("path\na1\na2\na3\n")
-    create_batch(cfg, tmp_path / "a.tsv", "a", tmp_path)
+    cfg = configure(tmp_path, "a", scratch_db, "true", ["a1", "a2", "a3"])
     done = run_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     (run_id,) = q(pg_conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")[0]

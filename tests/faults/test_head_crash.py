@@ -9,51 +9,41 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, run_cli, squeue_tasks_of_run, start_cli, wait_for, write_config
+from helpers import (
+    RAN,
+    assert_each_item_once,
+    commands_ran,
+    q,
+    run_cli,
+    setup_batch,
+    squeue_tasks_of_run,
+    start_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
-COMMAND = "sleep 1.5 && echo ran >> {output_dir}/{item_id}.count"
-
 
 def make_batch(
-    tmp_path: Path, scratch_db: dict[str, Any], n: int, extra: dict[str, Any] | None = None
+    tmp_path: Path, scratch_db: dict[str, Any], n: int, command: str = "sleep 1.5 && " + RAN
 ) -> Path:
-
-    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(1, n + 1)))
-    cfg = write_config(
-        tmp_path / "config.yml",
-        {
-            "database": scratch_db,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {
-                "slow": {
-                    "command": COMMAND,
-                    "batch_size": 2,
-                    "memory": "1G",
-                    "check_inputs": False,
-                    **(extra or {}),
-                }
-            },
-        },
+    """n items, two per chunk, of job type ``slow`` (outputs in tmp_path/slow), asking for
+    1 GB and an hour (the config's default)."""
+    cfg, _batch = setup_batch(
+        tmp_path,
+        scratch_db,
+        batch_size=2,
+        command=command,
+        paths=[f"item{i}" for i in range(1, n + 1)],
+        job_type="slow",
+        name="crash",
+        options={"time": "01:00:00"},
     )
-    create_batch(cfg, tmp_path / "items.tsv", "crash", tmp_path)
     return cfg
 
 
-def assert_counted_once(pg_conn: Any, tmp_path: Path, n: int, output: Path) -> None:
-    assert q(pg_conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY status") == [
-        ("success", n)
-    ]
-    per_item = q(
-        pg_conn,
-        "SELECT process_id, count(*) FROM ecod_schema.job_item WHERE status = 'completed'"
-        " GROUP BY process_id ORDER BY process_id",
-    )
-    assert per_item == [(i, 1) for i in range(1, n + 1)], "each item completed exactly once"
-    counts = {p.name: p.read_text().count("ran") for p in output.glob("*.count")}
-    assert len(counts) == n, f"every command ran: {counts}"
-    assert set(counts.values()) == {1}, f"each command ran once: {counts}"
+def assert_done_once(pg_conn: Any, n: int, output: Path) -> None:
+    assert_each_item_once(pg_conn, n, ran=output)
     assert q(pg_conn, "SELECT completed_items, status FROM ecod_schema.batch") == [(n, "completed")]
 
 
@@ -64,7 +54,7 @@ def test_local_head_crash_then_rerun_finishes(
     cfg = make_batch(tmp_path, scratch_db, n)
     first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "local", cwd=tmp_path)
     output = tmp_path / "slow"
-    wait_for(lambda: len(list(output.glob("*.count"))) >= 3)  # mid-run: some items done, chunks running
+    wait_for(lambda: len(commands_ran(output)) >= 3)  # mid-run: some items done, chunks running
     snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
     os.kill(first.pid, signal.SIGKILL)  # the whole head side dies at once
     os.kill(snakemake_pid, signal.SIGKILL)
@@ -76,7 +66,7 @@ def test_local_head_crash_then_rerun_finishes(
     assert second.returncode == 0, out + err
     runs = q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run ORDER BY started_at")
     assert runs == [("interrupted",), ("success",)], out + err
-    assert_counted_once(pg_conn, tmp_path, n, output)
+    assert_done_once(pg_conn, n, output)
 
 
 @pytest.mark.slurm
@@ -87,7 +77,7 @@ def test_slurm_head_crash_cancels_stray_jobs_then_rerun_finishes(
     cfg = make_batch(tmp_path, scratch_db, n)
     first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     output = tmp_path / "slow"
-    wait_for(lambda: len(list(output.glob("*.count"))) >= 1, timeout=180)
+    wait_for(lambda: len(commands_ran(output)) >= 1, timeout=180)
     snakemake_pid = q(pg_conn, "SELECT pid FROM ecod_schema.ecod_jobs_run")[0][0]
     os.kill(first.pid, signal.SIGKILL)
     os.kill(snakemake_pid, signal.SIGKILL)
@@ -95,7 +85,7 @@ def test_slurm_head_crash_cancels_stray_jobs_then_rerun_finishes(
     second = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, out + err
-    assert_counted_once(pg_conn, tmp_path, n, output)
+    assert_done_once(pg_conn, n, output)
     dead_run = q(pg_conn, "SELECT run_id FROM ecod_schema.ecod_jobs_run WHERE status = 'interrupted'")[0][0]
     from ecod_jobs.recovery import slurm_name_prefix
 
@@ -111,7 +101,7 @@ def test_cancel_after_a_slurm_head_crash_cancels_every_queued_and_running_task(
     every task, including those still queued that have written nothing yet."""
 
     # 2 items per chunk, 10 chunks: the one-node cluster runs 2 at a time, the rest queue
-    cfg = make_batch(tmp_path, scratch_db, 20, {"command": "sleep 300"})
+    cfg = make_batch(tmp_path, scratch_db, 20, "sleep 300")
     first = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
 
     def run_tasks() -> list[str]:

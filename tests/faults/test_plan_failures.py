@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, run_cli, write_config
+from helpers import RAN, assert_each_item_once, q, run_cli, setup_batch
 
 from ecod_jobs import plan as plan_module
 from ecod_jobs import plan_file
@@ -28,24 +28,20 @@ N = 5
 
 
 def setup(tmp_path: Path, scratch_db: dict[str, Any]) -> tuple[Path, dict[str, Any], Database]:
-    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(N)))
+    """Batch 1 of N items of job type ``t``, two per chunk, outputs in tmp_path/base/t."""
     base = tmp_path / "base"
     base.mkdir()
-    cfg = write_config(
-        tmp_path / "config.yml",
-        {
-            "database": scratch_db,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {
-                "t": {
-                    "command": "echo {item_id} > {output_dir}/{item_id}.out",
-                    "batch_size": 2,
-                    "check_inputs": False,
-                }
-            },
-        },
+    cfg, batch = setup_batch(
+        tmp_path,
+        scratch_db,
+        batch_size=2,
+        command=RAN,
+        paths=[f"item{i}" for i in range(N)],
+        job_type="t",
+        name="plan-faults",
+        base_path=base,
     )
-    assert create_batch(cfg, tmp_path / "items.tsv", "plan-faults", base) == 1
+    assert batch == 1
     config = load_config(cfg)
     return cfg, config, Database(config)
 
@@ -206,7 +202,7 @@ def test_run_with_a_regular_file_as_base_path_strands_nothing(
     second = run_cli("--config", str(cfg), "run", "--batch", "1", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert statuses(pg_conn) == {"success": N}
-    assert len(list((tmp_path / "base" / "t").glob("*.out"))) == N
+    assert_each_item_once(pg_conn, N, ran=tmp_path / "base" / "t")
 
 
 def test_items_stranded_by_an_ended_run_are_run_again(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, start_cli, write_config
+from helpers import RAN, assert_each_item_once, q, setup_batch, start_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -23,22 +23,22 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 FIRST_TIME = (
     "if [ ! -e {output_dir}/{item_id}.seen ]; then touch {output_dir}/{item_id}.seen; {misbehave}; fi"
 )
-ONCE = FIRST_TIME + "; echo ran >> {output_dir}/{item_id}.count"
+ONCE = FIRST_TIME + "; " + RAN
 
 
-def setup_batch(
-    tmp_path: Path, scratch_db: dict[str, Any], items: list[str], job_type: dict[str, Any]
-) -> Path:
-    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"{i}\n" for i in items))
-    cfg = write_config(
-        tmp_path / "config.yml",
-        {
-            "database": scratch_db,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {"kill": {"check_inputs": False, "batch_size": 1, **job_type}},
-        },
+def setup(tmp_path: Path, scratch_db: dict[str, Any], items: list[str], command: str, **options: Any) -> Path:
+    """One chunk per item of job type ``kill`` (outputs in tmp_path/kill), asking for 1 GB
+    and an hour (the config's default) unless ``options`` say otherwise."""
+    cfg, _batch = setup_batch(
+        tmp_path,
+        scratch_db,
+        batch_size=1,
+        command=command,
+        paths=items,
+        job_type="kill",
+        name="kills",
+        options={"time": "01:00:00", **options},
     )
-    create_batch(cfg, tmp_path / "items.tsv", "kills", tmp_path)
     return cfg
 
 
@@ -50,23 +50,10 @@ def job_rows(pg_conn: Any) -> list[tuple[Any, ...]]:
     )
 
 
-def assert_all_done_once(pg_conn: Any, output: Path, n: int) -> None:
-    assert q(pg_conn, "SELECT status, count(*) FROM ecod_schema.process_status GROUP BY status") == [
-        ("success", n)
-    ]
-    counts = {p.name: p.read_text().count("ran") for p in output.glob("*.count")}
-    assert len(counts) == n and set(counts.values()) == {1}, counts
-
-
 def test_scancel_of_a_running_chunk_is_retried_and_recorded(
     tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, slurm_cluster: None
 ) -> None:
-    cfg = setup_batch(
-        tmp_path,
-        scratch_db,
-        ["a", "b"],
-        {"command": "sleep 6 && echo ran >> {output_dir}/{item_id}.count", "memory": "1G"},
-    )
+    cfg = setup(tmp_path, scratch_db, ["a", "b"], "sleep 6 && " + RAN)
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     metas = tmp_path / "work" / "batch_1" / "kill" / "runs"
     deadline = time.monotonic() + 180
@@ -90,7 +77,7 @@ def test_scancel_of_a_running_chunk_is_retried_and_recorded(
     assert rows[1][3] == "COMPLETED"
     # twice the memory (the plugin rounds the array's request up by a megabyte: 1025 then 2048)
     assert rows[1][4] >= 1.95 * rows[0][4] >= 1.95 * 1024, (rows[0], rows[1])
-    assert_all_done_once(pg_conn, tmp_path / "kill", 2)
+    assert_each_item_once(pg_conn, 2, ran=tmp_path / "kill")
     # the item the cancel interrupted was rerun under attempt 2
     assert q(
         pg_conn,
@@ -109,11 +96,8 @@ def test_time_and_memory_kills_are_retried_with_more_and_recorded(
         "b = bytearray(1536 << 20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(30)"
         '" ;; esac'
     )
-    cfg = setup_batch(
-        tmp_path,
-        scratch_db,
-        ["big", "slow"],
-        {"command": ONCE.replace("{misbehave}", misbehave), "memory": "1G", "time": "00:01:00"},
+    cfg = setup(
+        tmp_path, scratch_db, ["big", "slow"], ONCE.replace("{misbehave}", misbehave), time="00:01:00"
     )
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     out, err = run.communicate(timeout=900)
@@ -126,7 +110,7 @@ def test_time_and_memory_kills_are_retried_with_more_and_recorded(
     slow1, slow2 = rows[("c00001", 1)], rows[("c00001", 2)]
     assert slow1[:2] == ("failed", "TIMEOUT") and slow1[3] == 60, slow1
     assert slow2[:2] == ("completed", "COMPLETED") and slow2[3] == 120, slow2
-    assert_all_done_once(pg_conn, tmp_path / "kill", 2)
+    assert_each_item_once(pg_conn, 2, ran=tmp_path / "kill")
 
 
 def test_array_task_finishing_long_before_the_first_does_not_lose_or_rerun_anything(
@@ -138,19 +122,11 @@ def test_array_task_finishing_long_before_the_first_does_not_lose_or_rerun_anyth
     # reruns no command (its items are in the partial file) and deletes nothing
     # of c00000 (keep-incomplete); both attempts of c00001 are recorded as having
     # finished.
-    cfg = setup_batch(
-        tmp_path,
-        scratch_db,
-        ["first", "second"],
-        {
-            "command": "case {path} in */first) sleep 45 ;; esac; echo ran >> {output_dir}/{item_id}.count",
-            "memory": "1G",
-        },
-    )
+    cfg = setup(tmp_path, scratch_db, ["first", "second"], "case {path} in */first) sleep 45 ;; esac; " + RAN)
     run = start_cli("--config", str(cfg), "run", "--batch", "1", "--profile", "slurm", cwd=tmp_path)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, out + err
-    assert_all_done_once(pg_conn, tmp_path / "kill", 2)
+    assert_each_item_once(pg_conn, 2, ran=tmp_path / "kill")
     rows = job_rows(pg_conn)
     assert rows[0][:3] == ("c00000", 1, "completed"), rows
     assert {r[2] for r in rows} == {"completed"} and all(r[0] == "c00001" for r in rows[1:]), rows

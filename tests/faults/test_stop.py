@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import create_batch, q, squeue_tasks_of_run, start_cli, wait_for, write_config
+from helpers import q, setup_batch, squeue_tasks_of_run, start_cli, wait_for
 
 from ecod_jobs.config import load_config
 from ecod_jobs.db import Database
@@ -50,16 +50,16 @@ while time.time() < deadline:
 
 
 def make_batch(tmp_path: Path, scratch_db: dict[str, Any], command: str, n: int) -> Path:
-    (tmp_path / "items.tsv").write_text("path\n" + "".join(f"item{i}\n" for i in range(n)))
-    cfg = write_config(
-        tmp_path / "config.yml",
-        {
-            "database": scratch_db,
-            "pipeline": {"work_root": str(tmp_path / "work")},
-            "job_types": {"t": {"command": command, "batch_size": 1, "check_inputs": False}},
-        },
+    """n items of job type ``t``, one per chunk; the config is tmp_path/config.yml."""
+    cfg, _batch = setup_batch(
+        tmp_path,
+        scratch_db,
+        batch_size=1,
+        command=command,
+        paths=[f"item{i}" for i in range(n)],
+        job_type="t",
+        name="stop",
     )
-    create_batch(cfg, tmp_path / "items.tsv", "stop", tmp_path)
     return cfg
 
 
