@@ -40,21 +40,10 @@ def planned_run(
 
 
 def finish_chunk(run: RunLayout, chunk: str, attempt: int = 1, fail: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-    records = []
-    for item in read_jsonl(run.manifest(chunk)):
-        ok = item["process_id"] not in fail
-        records.append(
-            {
-                "process_id": item["process_id"],
-                "status": "success" if ok else "error",
-                "exit_code": 0 if ok else 3,
-                "error": None if ok else "exit code 3: boom",
-                "start": "2026-11-24T10:00:00+00:00",
-                "end": "2026-11-24T10:00:02+00:00",
-                "seconds": 2.0,
-                "attempt": attempt,
-            }
-        )
+    records = [
+        result(item["process_id"], attempt, item["process_id"] not in fail)
+        for item in read_jsonl(run.manifest(chunk))
+    ]
     for a in range(1, attempt + 1):
         meta = {"chunk_id": chunk, "attempt": a, "start": "2026-11-24T10:00:00+00:00"}
         if a == attempt:
