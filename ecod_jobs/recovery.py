@@ -114,7 +114,7 @@ def settle_run(
     """
     scancelled: list[str] = []
     summary: dict[str, Any] = {"chunks": 0, "settled": 0}
-    ended = run.read_ended()
+    ended = None
     if (reason := check_run(db, run)) is not None:
         # The directory at its path holds another database's run: read, stop and cancel
         # nothing of it. Our run's jobs are still found by row and name.
@@ -123,7 +123,7 @@ def settle_run(
             slurm_commands.scancel(stray)
             scancelled = stray
         release_unstarted_items(db, run.run_id)
-    elif ended is not None:
+    elif (ended := run.read_ended()) is not None:
         # It ended, but the database did not hear of it (away, or the head was killed
         # between ended.json and its record): finish the record as the run would have.
         scancelled = cancel_slurm_jobs(db, run)
