@@ -444,11 +444,7 @@ def _cancel_stray_jobs(db: Database, batch_id: int, open_run_ids: list[str]) -> 
             (batch_id, open_run_ids),
         )
     )
-    if live and slurm_commands.available("scancel"):
-        slurm_commands.scancel(live)
-        slurm_commands.wait_gone(live)
-        return live
-    return []
+    return slurm_commands.cancel_and_wait(live)
 
 
 __all__ = ["BatchResult", "batch_status", "cancel_batch", "run_batch"]

@@ -87,11 +87,7 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
 
 def cancel_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
     """Cancel whatever SLURM still holds of ``run`` and wait until it is gone; returns the ids."""
-    if (live := live_slurm_jobs(db, run)) and slurm_commands.available("scancel"):
-        slurm_commands.scancel(live)
-        slurm_commands.wait_gone(live)  # scancel is asynchronous
-        return live
-    return []
+    return slurm_commands.cancel_and_wait(live_slurm_jobs(db, run))
 
 
 _DIED = "interrupted: its process died before the run ended"

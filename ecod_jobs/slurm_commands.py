@@ -277,6 +277,16 @@ def jobs_named(prefix: str) -> list[str]:
     )
 
 
+def cancel_and_wait(job_ids: Sequence[str]) -> list[str]:
+    """scancel the jobs and wait until squeue lists none of them; returns the ids cancelled
+    (none when there is nothing to cancel, or no scancel on this host)."""
+    if not job_ids or not available("scancel"):
+        return []
+    scancel(job_ids)
+    wait_gone(job_ids)
+    return list(job_ids)
+
+
 def wait_gone(job_ids: Sequence[str], timeout: float = 120) -> bool:
     """Wait until squeue lists none of the jobs (or their arrays) as pending, running,
     completing or suspended: scancel is asynchronous. False if some are still listed."""
