@@ -267,6 +267,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON CONFLICT (one) DO NOTHING",
         ),
     ),
+    Migration(
+        8,
+        "pipelines: one row per item and stage (status, metrics), process_file lookups",
+        (
+            # The state of each item in each pipeline stage. Stage names are global
+            # (two pipelines sharing a stage share its results). No row, or 'pending',
+            # means not run; success and skipped are done; 'running' is held by run_id.
+            """CREATE TABLE IF NOT EXISTS {s}.ecod_jobs_item_stage (
+                process_id INTEGER NOT NULL REFERENCES {s}.process_status(id) ON DELETE CASCADE,
+                stage VARCHAR(50) NOT NULL,
+                batch_id INTEGER NOT NULL,
+                status VARCHAR(20) NOT NULL,
+                run_id UUID,
+                job_id INTEGER,
+                attempt INTEGER,
+                metrics JSONB,
+                error_message TEXT,
+                start_time TIMESTAMP,
+                end_time TIMESTAMP,
+                updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                PRIMARY KEY (process_id, stage)
+            )""",
+            "CREATE INDEX IF NOT EXISTS ecod_jobs_item_stage_batch_idx"
+            " ON {s}.ecod_jobs_item_stage (batch_id, stage, status)",
+            # Real ECOD databases have no unique key on (process_id, file_type) and may
+            # hold duplicates: a plain index for the writer's in-place updates, no key.
+            "CREATE INDEX IF NOT EXISTS process_file_process_type_idx ON {s}.process_file (process_id, file_type)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
