@@ -23,6 +23,7 @@ import resource
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
-from .plan_file import Plan, chunk_items
+from .gates import MetricsError, parse_metrics
+from .plan_file import Plan, chunk_items, render_output, template_values
 from .processes import signal_group
 
 STDERR_TAIL = 2000
@@ -84,10 +86,54 @@ def check_task(environ: Mapping[str, str], run_id: str, chunk: str) -> str | Non
     return None
 
 
-def render_command(template: str, values: Mapping[str, Any]) -> str:
-    """Substitute placeholders shell-quoted: a value is always one literal argument."""
+def render_command(template: str, values: Mapping[str, Any], out: Mapping[str, str] | None = None) -> str:
+    """Substitute placeholders shell-quoted: a value is always one literal argument.
+    ``out``: the paths ``{out[FILE_TYPE]}`` names."""
     quoted = {k: shlex.quote("" if v is None else str(v)) for k, v in values.items()}
-    return template.format(**quoted)
+    return template.format(**quoted, out={k: shlex.quote(v) for k, v in (out or {}).items()})
+
+
+METRICS_ENV = "ECOD_JOBS_METRICS"
+
+
+def item_outputs(plan: Plan, item: Mapping[str, Any]) -> dict[str, str]:
+    """Paths (relative to the base path) of the outputs the command may name: its own and
+    its upstream stages'."""
+    values = template_values(item["process_id"], item.get("protein_id"), plan.batch_id, item.get("relative_path"))
+    return {ft: render_output(template, values) for ft, template in plan.out_templates.items()}
+
+
+def check_stage_results(
+    plan: Plan, outputs: Mapping[str, str], metrics_file: Path | None, record: dict[str, Any]
+) -> str | None:
+    """After a pipeline stage's command succeeded: every declared output present and
+    non-empty, the metrics well-formed and complete. Fills ``record`` with ``files``
+    and ``metrics``; returns what is wrong, or None."""
+    base = plan.base_path or plan.output_dir
+    files = []
+    for file_type in plan.outputs:
+        path = os.path.join(base, outputs[file_type])
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"output {file_type} is missing: {outputs[file_type]}"
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            what = "empty" if stat.S_ISREG(info.st_mode) else "not a regular file"
+            return f"output {file_type} is {what}: {outputs[file_type]}"
+        files.append([file_type, outputs[file_type], info.st_size])
+    record["files"] = files
+    metrics: dict[str, Any] = {}
+    if metrics_file is not None and metrics_file.exists():
+        try:
+            metrics = parse_metrics(metrics_file.read_text(errors="replace"), f"${METRICS_ENV}")
+        except MetricsError as exc:
+            return str(exc)
+        finally:
+            metrics_file.unlink(missing_ok=True)
+    if missing := [m for m in plan.metrics if m not in metrics]:
+        return f"the command did not report {', '.join(missing)} (KEY=VALUE lines to ${METRICS_ENV})"
+    record["metrics"] = metrics
+    return None
 
 
 def module_environment(modules: list[str], base: Mapping[str, str]) -> dict[str, str]:
@@ -179,6 +225,10 @@ def run_item(
 
     if plan.check_inputs and not os.path.exists(item["path"]):
         return finish("error", None, f"input path does not exist: {item['path']}")
+    try:
+        outputs = item_outputs(plan, item)
+    except (ValueError, KeyError) as exc:
+        return finish("error", None, f"cannot name the item's outputs: {exc}")
     command = render_command(
         plan.command,
         {
@@ -189,7 +239,14 @@ def run_item(
             "batch_id": plan.batch_id,
             "protein_id": item.get("protein_id"),
         },
+        {ft: os.path.join(plan.base_path or plan.output_dir, rel) for ft, rel in outputs.items()},
     )
+    metrics_file = None
+    if plan.pipeline_stage:  # the command reports numbers here (README, "Pipelines")
+        metrics_file = Path(plan.output_dir) / ".ecod_jobs_metrics" / f"{os.getpid()}.{item['process_id']}"
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.unlink(missing_ok=True)
+        env = {**env, METRICS_ENV: str(metrics_file)}
     log.write(f"### item {item['process_id']} {_now()}: {command}\n".encode(errors="replace"))
     log.flush()
     timeout = plan.item_timeout or None
@@ -223,6 +280,10 @@ def run_item(
         # arrive, so that an interrupted item is rerun rather than recorded failed.
         time.sleep(STOP_GRACE)
     if proc.returncode == 0:
+        if plan.pipeline_stage:
+            problem = check_stage_results(plan, outputs, metrics_file, record)
+            if problem is not None:
+                return finish("error", 0, problem, tail)
         return finish("success", 0, None, tail)
     if proc.returncode < 0:
         error = f"killed by signal {-proc.returncode}"

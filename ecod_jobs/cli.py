@@ -184,6 +184,10 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             retry_failed=args.retry_failed,
             config_path=args.config,
             dry_run=args.dry_run,
+            pipeline=args.pipeline,
+            stages=args.stages.split(",") if args.stages else None,
+            from_stage=args.from_stage,
+            rerun=args.rerun,
             progress=bar,
         )
     finally:
@@ -384,7 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, required=True, help="batch id")
     run.add_argument("--profile", default="local", help="local, slurm or a profile directory (default local)")
     run.add_argument("--job-type", help="job type (default: pipeline.default_job_type or the first)")
-    run.add_argument("--retry-failed", action="store_true", help="also rerun items with status 'error'")
+    run.add_argument("--pipeline", help="run this pipeline's stages (pipelines.NAME) instead of one job type")
+    run.add_argument("--stages", metavar="S1,S2", help="only these stages of the pipeline")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="this stage and everything downstream")
+    run.add_argument("--rerun", metavar="STAGE", help="force this stage and its downstream, even where done")
+    run.add_argument("--retry-failed", action="store_true", help="also rerun items (item-stages) that failed")
     run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
 
     profiles_p = sub.add_parser("profiles", help="where the installed Snakemake profiles are; copy them out")

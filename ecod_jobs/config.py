@@ -24,6 +24,7 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -41,6 +42,17 @@ REDACTED = "********"
 # Placeholders a job type's command template may use. Values are substituted
 # shell-quoted, so a template must not quote them itself.
 COMMAND_PLACEHOLDERS = frozenset({"item_id", "path", "output_dir", "threads", "batch_id", "protein_id"})
+# Placeholders of an output template (``job_types.NAME.outputs``): what names a chain's
+# file. ``stem`` is the item's file name without its extension (P12345.fa -> P12345).
+OUTPUT_PLACEHOLDERS = frozenset({"item_id", "protein_id", "batch_id", "stem"})
+# ``{out[FILE_TYPE]}`` in a command: the absolute path of a declared output.
+_OUT_FIELD = re.compile(r"^out\[([A-Za-z][A-Za-z0-9_]*)\]$")
+
+
+def output_references(template: str) -> list[str]:
+    """The file types a command names with ``{out[FILE_TYPE]}`` (may raise ValueError)."""
+    return [m.group(1) for name in template_placeholders(template) if (m := _OUT_FIELD.match(name))]
+
 
 DEFAULTS: dict[str, Any] = {
     "database": {"schema": "ecod_schema", "port": 5432, "connect_timeout": 10, "retry_seconds": 300},
@@ -59,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "slurm": {"array_limit": 500},
     "job_types": {},
+    "pipelines": {},
 }
 
 
@@ -510,7 +523,7 @@ def validate_config(config: Mapping[str, Any], sources: list[_Source | _EnvSourc
             except ValueError as exc:
                 messages.append(f"{_located(keys, sources)}: bad command template: {exc}")
                 continue
-            unknown = [p for p in used if p not in COMMAND_PLACEHOLDERS]
+            unknown = [p for p in used if p not in COMMAND_PLACEHOLDERS and not _OUT_FIELD.match(p)]
             if unknown:
                 first_keys = first_keys or keys
                 allowed = ", ".join(f"{{{p}}}" for p in sorted(COMMAND_PLACEHOLDERS))
@@ -519,6 +532,11 @@ def validate_config(config: Mapping[str, Any], sources: list[_Source | _EnvSourc
                     f"{spec['command']!r}: expected only {allowed} (write {{{{ and }}}} "
                     "for literal braces)"
                 )
+        messages.extend(_output_problems(config, sources))
+        if not messages:
+            from .pipelines import pipeline_problems
+
+            messages.extend(f"{_located(keys, sources)}: {text}" for keys, text in pipeline_problems(config))
         default = (config.get("pipeline") or {}).get("default_job_type")
         if default and default not in (config.get("job_types") or {}):
             messages.append(
@@ -532,6 +550,43 @@ def validate_config(config: Mapping[str, Any], sources: list[_Source | _EnvSourc
             "invalid configuration: " + "; ".join(shown),
             {"errors": messages, "key": ".".join(map(str, first_keys or []))},
         )
+
+
+def _output_problems(config: Mapping[str, Any], sources: list[_Source | _EnvSource]) -> list[str]:
+    """Output templates with unknown placeholders; commands naming undeclared outputs."""
+    messages = []
+    job_types = config.get("job_types") or {}
+    declared = {ft for spec in job_types.values() for ft in (spec.get("outputs") or {})}
+    for name, spec in job_types.items():
+        for file_type, template in (spec.get("outputs") or {}).items():
+            keys: list[str | int] = ["job_types", name, "outputs", file_type]
+            try:
+                used = template_placeholders(template)
+            except ValueError as exc:
+                messages.append(f"{_located(keys, sources)}: bad output template {template!r}: {exc}")
+                continue
+            if unknown := [p for p in used if p not in OUTPUT_PLACEHOLDERS]:
+                allowed = ", ".join(f"{{{p}}}" for p in sorted(OUTPUT_PLACEHOLDERS))
+                messages.append(
+                    f"{_located(keys, sources)}: unknown placeholder {{{unknown[0]}}} in output template"
+                    f" {template!r}: expected only {allowed}"
+                )
+            elif template.startswith("/") or ".." in Path(template).parts:
+                messages.append(
+                    f"{_located(keys, sources)}: output template {template!r} must be a path relative to"
+                    " the batch's base path, without '..'"
+                )
+        try:
+            named = output_references(spec["command"])
+        except ValueError:
+            continue  # reported with the command's other placeholders
+        if missing := [ft for ft in named if ft not in declared]:
+            messages.append(
+                f"{_located(['job_types', name, 'command'], sources)}: {{out[{missing[0]}]}} names a file"
+                " type no job type declares in its outputs"
+                f" (declared: {', '.join(sorted(declared)) or 'none'})"
+            )
+    return messages
 
 
 # --------------------------------------------------------------------------- helpers
@@ -575,6 +630,8 @@ class JobTypeSpec:
     stage: str
     item_timeout: int
     check_inputs: bool = True
+    outputs: Mapping[str, str] = dataclass_field(default_factory=dict)  # file type -> template
+    metrics: tuple[str, ...] = ()  # the numbers its command reports
 
     @property
     def mem_mb(self) -> int:
@@ -621,4 +678,6 @@ def job_type_spec(config: Mapping[str, Any], name: str | None = None) -> JobType
         stage=str(spec.get("stage", name)),
         item_timeout=int(spec.get("item_timeout", pipeline.get("item_timeout", 0))),
         check_inputs=bool(spec.get("check_inputs", True)),
+        outputs=dict(spec.get("outputs") or {}),
+        metrics=tuple(spec.get("metrics") or ()),
     )

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from psycopg2 import sql
 
 from . import run_record, slurm_commands
 from .bundle import PROFILES, SNAKEFILE, check_bundle, profile_settings
-from .config import job_type_spec, load_config, resolve_config_path
+from .config import JobTypeSpec, job_type_spec, load_config, resolve_config_path
 from .db import (
     Database,
     failed_items,
@@ -37,7 +37,8 @@ from .db import (
 )
 from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
 from .layout import BatchLayout
-from .lease import acquire, release
+from .lease import acquire_all, release
+from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .plan import count_needing_work
 from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
 from .states import RunStatus
@@ -139,16 +140,23 @@ def run_batch(
     config_path: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     *,
+    pipeline: str | None = None,
+    stages: Sequence[str] | None = None,
+    from_stage: str | None = None,
+    rerun: str | None = None,
     progress: ProgressCallback | None = None,
     **snakemake_options: Any,
 ) -> BatchResult:
     """Run a batch's items needing work through the workflow; see the README for an example.
 
-    Raises ``ConfigurationError``/``ValidationError`` for bad input (unknown batch or
-    job type, missing profile, SLURM profile without SLURM) before anything runs.
+    ``pipeline``: run that pipeline's stages instead of one job type (``stages``,
+    ``from_stage`` and ``rerun`` choose among them; README, "Pipelines").
+    Raises ``ConfigurationError``/``ValidationError`` for bad input (unknown batch,
+    job type, pipeline or stage, missing profile, SLURM profile without SLURM) before
+    anything runs.
     """
     config = load_config(config_path)
-    spec = job_type_spec(config, job_type)
+    work = _WorkSpec.resolve(config, job_type, pipeline, stages, from_stage, rerun)
     profile_dir = resolve_profile(profile)
     executor = profile_executor(profile_dir)
     if executor in SLURM_EXECUTORS and not slurm_commands.available("sbatch"):
@@ -169,20 +177,20 @@ def run_batch(
 
         # Refuse now, naming the holder, rather than deep in Snakemake's log; then settle
         # any dead run so that its unfinished items count as pending again.
-        acquire(db, batch_id, spec.name, run_id)
-        recover_dead_runs(db, config, batch_id, spec.name, run_id)
-    pending = count_needing_work(db, batch_id, retry_failed)
+        acquire_all(db, batch_id, work.lease_keys, run_id)
+        recover_dead_runs(db, config, batch_id, work.key, run_id)
+    pending = work.count_needing_work(db, batch_id, retry_failed)
     if pending == 0:
         if not dry_run:
             release(db, run_id)
         return BatchResult(batch_id, None, 0, status_counts(db, batch_id), nothing_to_do=True)
 
-    chunks = -(-pending // spec.batch_size)
+    chunks = work.chunks_at_most(pending)
     if executor in SLURM_EXECUTORS and chunks > SLURM_PROFILE_JOBS:
         # every chunk reaches the executor in one round, as arrays (see profiles/slurm)
         snakemake_options.setdefault("jobs", chunks)
         snakemake_options.setdefault("max_jobs_per_timespan", f"{chunks}/1s")
-    smk_config = [f"batch_id={batch_id}", f"job_type={spec.name}", f"retry_failed={retry_failed}"]
+    smk_config = [f"batch_id={batch_id}", *work.smk_config, f"retry_failed={retry_failed}"]
     argv, env = _workflow_command(profile_dir, executor, config_path, run_id, smk_config, snakemake_options)
     if dry_run:
         argv.append("--dry-run")
@@ -198,7 +206,7 @@ def run_batch(
 
     def settle() -> None:
         if not dry_run:
-            _settle_stopped(db, config, batch_id, spec.name)
+            _settle_stopped(db, config, batch_id, work.key)
 
     try:
         returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle)
@@ -220,13 +228,71 @@ def run_batch(
     except DatabaseError as exc:
         if not is_transient(exc):
             raise
-        run_dir = BatchLayout.create(config["pipeline"]["work_root"], batch_id, spec.name).run(run_id).dir
+        run_dir = BatchLayout.create(config["pipeline"]["work_root"], batch_id, work.key).run(run_id).dir
         raise RecordIncompleteError(
             f"run {run_id} ended (workflow exit {returncode}) while the database was away ({exc});"
             f" its results are safe in {run_dir}. When the database is back, run:"
             f" ecod-jobs sync --batch {batch_id}",
             {"run_id": run_id, "log": str(log_path)},
         ) from None
+
+
+@dataclass(frozen=True)
+class _WorkSpec:
+    """What a run runs: one job type, or a pipeline's chosen stages."""
+
+    key: str  # ecod_jobs_run.job_type: the job type, or pipeline.NAME
+    lease_keys: list[str]
+    smk_config: list[str]
+    spec: JobTypeSpec | None = None
+    pipeline: PipelineSpec | None = None
+    stages: tuple[str, ...] = ()
+    forced: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        config: Mapping[str, Any],
+        job_type: str | None,
+        pipeline: str | None,
+        stages: Sequence[str] | None,
+        from_stage: str | None,
+        rerun: str | None,
+    ) -> _WorkSpec:
+        if pipeline is None:
+            if stages or from_stage or rerun:
+                raise ConfigurationError("--stages, --from and --rerun choose stages of a --pipeline")
+            spec = job_type_spec(config, job_type)
+            return cls(spec.name, [spec.name], [f"job_type={spec.name}"], spec=spec)
+        if job_type is not None:
+            raise ConfigurationError("give --job-type or --pipeline, not both")
+        if stages is not None and from_stage is not None:
+            raise ConfigurationError("give --stages or --from, not both")
+        found = pipeline_spec(config, pipeline)
+        chosen, forced = select_stages(found, stages=stages, start=from_stage, rerun=rerun)
+        smk = [f"pipeline={found.name}", f"stages={','.join(chosen)}"] + ([f"rerun={rerun}"] if rerun else [])
+        return cls(found.run_key, chosen, smk, pipeline=found, stages=tuple(chosen), forced=tuple(forced))
+
+    def count_needing_work(self, db: Database, batch_id: int, retry_failed: bool) -> int:
+        if self.pipeline is None:
+            return count_needing_work(db, batch_id, retry_failed)
+        from .pipeline_plan import item_stage_states, stages_to_run
+
+        states = item_stage_states(db, batch_id, self.pipeline)
+        ids = db.query(
+            sql.SQL("SELECT id FROM {} WHERE batch_id = %s").format(db.table("process_status")), (batch_id,)
+        )
+        return sum(
+            1
+            for (pid,) in ids
+            if stages_to_run(self.pipeline, self.stages, self.forced, retry_failed, states.get(int(pid), {}))
+        )
+
+    def chunks_at_most(self, items: int) -> int:
+        if self.pipeline is None:
+            assert self.spec is not None
+            return -(-items // self.spec.batch_size)
+        return sum(-(-items // self.pipeline.stage(s).job.batch_size) for s in self.stages)
 
 
 def _workflow_command(

@@ -57,7 +57,8 @@ class BatchLayout:
         if not runs_dir.is_dir():
             return []
         found = [self.run(p.name) for p in runs_dir.iterdir() if (p / "plan.json").exists()]
-        return sorted(found, key=lambda r: r.plan.stat().st_mtime)
+        found += [self.run(p.name) for p in runs_dir.iterdir() if (p / "pipeline.json").exists()]
+        return sorted(found, key=lambda r: (r.plan if r.plan.exists() else r.pipeline_plan).stat().st_mtime)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,39 @@ class RunLayout:
     @property
     def plan(self) -> Path:
         return self.dir / "plan.json"
+
+    # A pipeline run (ecod_jobs.pipeline_plan): pipeline.json, its windows of items, and
+    # per stage and window a RunLayout of its own (plan.json, chunks, results, logs).
+
+    @property
+    def pipeline_plan(self) -> Path:
+        return self.dir / "pipeline.json"
+
+    def window(self, window: str) -> Path:
+        return self.dir / "windows" / f"{window}.jsonl"
+
+    def stage_run(self, stage: str, window: str) -> RunLayout:
+        return RunLayout(self.dir / "stages" / stage / window, self.run_id)
+
+    def outcome(self, stage: str, window: str) -> Path:
+        return self.dir / "stages" / stage / f"{window}.outcome.jsonl"
+
+    def stage_runs(self) -> list[RunLayout]:
+        """The stage windows planned so far (those with a plan.json), in path order."""
+        return [RunLayout(p.parent, self.run_id) for p in sorted(self.dir.glob("stages/*/w*/plan.json"))]
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.pipeline_plan.exists()
+
+    def planned_units(self) -> list[RunLayout]:
+        """What holds the run's chunks: the run itself (one job type) or its stage windows."""
+        return self.stage_runs() if self.is_pipeline else ([self] if self.plan.exists() else [])
+
+    @property
+    def decisions(self) -> Path:
+        """A stage window's choice for each item of the window (run, skipped, blocked, ...)."""
+        return self.dir / "decisions.jsonl"
 
     def manifest(self, chunk: str) -> Path:
         return self.dir / "chunks" / f"{chunk}.jsonl"

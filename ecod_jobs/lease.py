@@ -31,6 +31,10 @@ HEARTBEAT_SECONDS = 30
 RETRY_SECONDS = 5  # heartbeat retries while the database is away
 
 
+def _what(key: str) -> str:
+    return f"job type or stage {key}"
+
+
 def holder(db: Database, batch_id: int, job_type: str) -> dict[str, Any] | None:
     rows = db.query(
         sql.SQL(
@@ -63,7 +67,7 @@ def acquire(db: Database, batch_id: int, job_type: str, run_id: str, pid: int | 
     if current and current["run_id"] != run_id:
         if is_alive(current["host"], current["pid"], current["heartbeat_age"]):
             raise RunConflictError(
-                f"batch {batch_id} (job type {job_type}) is already being run by run {current['run_id']}"
+                f"batch {batch_id} ({_what(job_type)}) is already being run by run {current['run_id']}"
                 f" on host {current['host']} (pid {current['pid']})"
                 f" since {current['acquired_at']:%Y-%m-%d %H:%M:%S};"
                 f" last heartbeat {current['heartbeat_age']:.0f} s ago (the lease expires {LEASE_SECONDS} s"
@@ -89,6 +93,28 @@ def acquire(db: Database, batch_id: int, job_type: str, run_id: str, pid: int | 
     if replaced:
         log.warning("took over the lease of dead run %s for batch %d (%s)", replaced, batch_id, job_type)
     return replaced
+
+
+def acquire_all(db: Database, batch_id: int, keys: list[str], run_id: str) -> list[str]:
+    """Take the lease of every key (a pipeline run's stages) or none: a live run holding
+    any of them is refused, naming the holder. Returns the dead holders replaced."""
+    replaced: list[str] = []
+    taken: list[str] = []
+    try:
+        for key in sorted(set(keys)):  # one order for everyone: two runs cannot deadlock
+            if (dead := acquire(db, batch_id, key, run_id)) is not None:
+                replaced.append(dead)
+            taken.append(key)
+    except RunConflictError:
+        if taken:
+            db.query(
+                sql.SQL("DELETE FROM {} WHERE run_id = %s AND batch_id = %s AND job_type = ANY(%s)").format(
+                    db.table("ecod_jobs_lease")
+                ),
+                (run_id, batch_id, taken),
+            )
+        raise
+    return sorted(set(replaced))
 
 
 def release(db: Database, run_id: str) -> None:

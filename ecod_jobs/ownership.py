@@ -19,8 +19,10 @@ Anything else is left alone, with a warning naming the directory and why.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -45,7 +47,7 @@ def database_id(db: Database) -> str | None:
 
 def foreign_reason(
     run_id: str,
-    plan: Plan | None,
+    plan: Plan | _Identity | None,
     row: tuple[int, str] | None,
     this_database: str | None,
 ) -> str | None:
@@ -72,11 +74,26 @@ def foreign_reason(
     return None
 
 
-def _read_plan(run: RunLayout) -> Plan | None:
+class _Identity(NamedTuple):
+    """What ownership compares of a run's plan file (``plan.json`` or ``pipeline.json``)."""
+
+    batch_id: int
+    job_type: str
+    database_id: str | None
+
+
+def _read_plan(run: RunLayout) -> _Identity | None:
+    if run.is_pipeline:
+        try:
+            data = json.loads(run.pipeline_plan.read_text())
+            return _Identity(int(data["batch_id"]), f"pipeline.{data['pipeline']}", data.get("database_id"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     try:
-        return Plan.read(run)
+        plan = Plan.read(run)
     except PlanFileError:
         return None
+    return _Identity(plan.batch_id, plan.job_type, plan.database_id)
 
 
 def warn_foreign(run: RunLayout, reason: str) -> None:
@@ -86,7 +103,7 @@ def warn_foreign(run: RunLayout, reason: str) -> None:
 def check_run(db: Database, run: RunLayout) -> str | None:
     """:func:`foreign_reason` for one run directory (for runs found by their row)."""
     row = run_record.owner(db, run.run_id) if _UUID_RE.match(run.run_id) else None
-    plan = _read_plan(run) if run.plan.exists() else None
+    plan = _read_plan(run) if run.plan.exists() or run.is_pipeline else None
     return foreign_reason(run.run_id, plan, row, database_id(db))
 
 

@@ -184,6 +184,29 @@ def _record_chunks(
 ) -> list[int]:
     """One ``job`` row per chunk, its ``job_item`` rows (COPY), the batch and the run record
     told; returns the job ids in chunk order."""
+    ids = insert_chunk_jobs(cur, db, spec, batch_id, run_id, [chunk_id(i) for i in range(len(sizes))], sizes)
+
+    def job_items() -> Any:
+        for index, job_id in enumerate(ids):
+            for pid, _prot, _rel in rows[index * spec.batch_size : (index + 1) * spec.batch_size]:
+                yield (job_id, pid, "pending")
+
+    copy_rows(cur, db.table("job_item"), ("job_id", "process_id", "status"), job_items())
+    mark_batch_processing(cur, db, batch_id)
+    run_record.record_planned(cur, db, run_id, len(rows), len(sizes))
+    return ids
+
+
+def insert_chunk_jobs(
+    cur: Any,
+    db: Database,
+    spec: JobTypeSpec,
+    batch_id: int,
+    run_id: str,
+    chunk_ids: Sequence[str],
+    sizes: Sequence[int],
+) -> list[int]:
+    """The attempt-1 ``job`` row of each chunk (one statement); returns their ids in order."""
     job_ids = execute_values(
         cur,
         sql.SQL(
@@ -199,30 +222,24 @@ def _record_chunks(
                 "submitted",
                 size,
                 run_id,
-                chunk_id(i),
+                chunk,
                 1,
                 spec.mem_mb,
                 time_to_seconds(spec.time),
             )
-            for i, size in enumerate(sizes)
+            for chunk, size in zip(chunk_ids, sizes, strict=True)
         ],
         template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
         fetch=True,
         page_size=1000,
     )
-    ids = [int(j) for (j,) in job_ids]
+    return [int(j) for (j,) in job_ids]
 
-    def job_items() -> Any:
-        for index, job_id in enumerate(ids):
-            for pid, _prot, _rel in rows[index * spec.batch_size : (index + 1) * spec.batch_size]:
-                yield (job_id, pid, "pending")
 
-    copy_rows(cur, db.table("job_item"), ("job_id", "process_id", "status"), job_items())
+def mark_batch_processing(cur: Any, db: Database, batch_id: int) -> None:
     cur.execute(
         sql.SQL(
             "UPDATE {} SET status = 'processing' WHERE id = %s AND status IN ('created', 'indexed')"
         ).format(db.table("batch")),
         (batch_id,),
     )
-    run_record.record_planned(cur, db, run_id, len(rows), len(sizes))
-    return ids

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring as _json_string  # type: ignore[attr-defined]
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .layout import RunLayout, read_jsonl, write_atomic
@@ -50,6 +50,13 @@ class Plan:
     spec: Mapping[str, Any]  # the job type as planned (JobTypeSpec's fields)
     items: int
     chunks: tuple[PlannedChunk, ...] = field(default=())
+    # A stage of a pipeline run (None for a run of one job type): see ecod_jobs.pipeline_plan.
+    pipeline: str | None = None
+    pipeline_stage: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)  # its own: file type -> template
+    out_templates: Mapping[str, str] = field(default_factory=dict)  # {out[..]}: its own and upstream
+    metrics: tuple[str, ...] = ()  # the numbers its command must report
+    stage_order: tuple[tuple[str, str], ...] = ()  # the pipeline's (stage, current_stage on success)
 
     def chunk_ids(self) -> list[str]:
         return [c.chunk_id for c in self.chunks]
@@ -64,6 +71,10 @@ class Plan:
         data["modules"] = list(self.modules)
         data["environment"] = dict(self.environment)
         data["spec"] = dict(self.spec)
+        data["outputs"] = dict(self.outputs)
+        data["out_templates"] = dict(self.out_templates)
+        data["metrics"] = list(self.metrics)
+        data["stage_order"] = [list(pair) for pair in self.stage_order]
         return json.dumps(data, indent=1)
 
     def write(self, run: RunLayout) -> None:
@@ -94,6 +105,12 @@ class Plan:
                     PlannedChunk(str(c["chunk_id"]), int(c["items"]), int(c["job_id"]))
                     for c in data["chunks"]
                 ),
+                pipeline=data.get("pipeline"),
+                pipeline_stage=data.get("pipeline_stage"),
+                outputs=dict(data.get("outputs") or {}),
+                out_templates=dict(data.get("out_templates") or {}),
+                metrics=tuple(data.get("metrics") or ()),
+                stage_order=tuple((str(a), str(b)) for a, b in data.get("stage_order") or ()),
             )
         except KeyError as exc:
             raise PlanFileError(f"no {exc.args[0]!r}") from None
@@ -129,3 +146,21 @@ def manifest_line(process_id: int, protein_id: int | None, path: str, relative_p
         f'{{"process_id": {int(process_id)}, "protein_id": {protein}, "path": {_json_string(path)},'
         f' "relative_path": {relative}}}\n'
     )
+
+
+def template_values(
+    process_id: int, protein_id: int | None, batch_id: int, relative_path: str | None
+) -> dict[str, Any]:
+    """The values of an output template's placeholders for one item (``stem``: the item's
+    file name without its last extension)."""
+    name = PurePosixPath(relative_path or "").name
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return {"item_id": process_id, "protein_id": protein_id, "batch_id": batch_id, "stem": stem}
+
+
+def render_output(template: str, values: Mapping[str, Any]) -> str:
+    """An output's path relative to the base path; ``ValueError`` if it would leave it."""
+    path = template.format(**{k: "" if v is None else str(v) for k, v in values.items()})
+    if not path or path.startswith("/") or ".." in PurePosixPath(path).parts:
+        raise ValueError(f"output template {template!r} gives {path!r}: not a path inside the base path")
+    return path

@@ -54,10 +54,11 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
             (run.run_id,),
         )
     }
-    if run.plan.exists() and check_run(db, run) is None:  # never another database's jobs
-        for chunk in Plan.read(run).chunk_ids():
-            if not run.result(chunk).exists():
-                ids.update(m["slurm_job_id"] for m in run.attempts(chunk).values() if m.get("slurm_job_id"))
+    if check_run(db, run) is None:  # never another database's jobs
+        for unit in run.planned_units():  # the run, or each stage window of a pipeline run
+            for chunk in Plan.read(unit).chunk_ids():
+                if not unit.result(chunk).exists():
+                    ids.update(m["slurm_job_id"] for m in unit.attempts(chunk).values() if m.get("slurm_job_id"))
     # tasks still queued have written nothing yet: find them by their name
     ids.update(slurm_commands.jobs_named(slurm_name_prefix(run.run_id) + "_"))
     return sorted(ids)
@@ -72,9 +73,14 @@ def stop_chunk_processes(run: RunLayout, grace: float = 10, timeout: float = 30)
     ``timeout`` (a process on another host) is an error, because resetting its
     items now would let them run twice. Returns the number of processes stopped.
     """
-    if not run.plan.exists():
+    unfinished = [
+        unit.lock(c)
+        for unit in run.planned_units()
+        for c in Plan.read(unit).chunk_ids()
+        if not unit.result(c).exists()
+    ]
+    if not unfinished:
         return 0
-    unfinished = [run.lock(c) for c in Plan.read(run).chunk_ids() if not run.result(c).exists()]
     stopped, held = stop_lock_holders(unfinished, grace, timeout)
     if held:
         raise RunConflictError(
@@ -130,7 +136,7 @@ def settle_run(
         # read the files only once nothing can write them any more
         if stopped := stop_chunk_processes(run):
             log.warning("stopped %d processes left by run %s", stopped, run.run_id)
-        if run.plan.exists():
+        if run.plan.exists() or run.is_pipeline:
             summary = reconcile_run(db, run, run_over=True, interrupted=status is RunStatus.INTERRUPTED)
         else:  # died between committing its plan and keeping plan.json
             release_unstarted_items(db, run.run_id)
@@ -140,15 +146,17 @@ def settle_run(
 
 
 def recover_dead_runs(
-    db: Database, config: Mapping[str, Any], batch_id: int, job_type: str, current_run_id: str | None
+    db: Database, config: Mapping[str, Any], batch_id: int, job_type: str | None, current_run_id: str | None
 ) -> list[str]:
-    """Settle every dead run of this batch and job type (never ``current_run_id``); returns
-    their run ids. Then hands back items that ended runs left in 'processing'."""
-    layout = BatchLayout.create(config["pipeline"]["work_root"], batch_id, job_type)
+    """Settle every dead run of this batch (never ``current_run_id``), of any job type or
+    pipeline: a pipeline's stages may overlap another run's; ``job_type`` is kept for
+    callers. Returns their run ids. Then hands back items that ended runs left in
+    'processing'."""
     recovered = []
-    for found in run_record.open_runs(db, batch_id, job_type):
+    for found in run_record.open_runs(db, batch_id):
         if found.run_id == current_run_id or found.alive:
             continue
+        layout = BatchLayout.create(config["pipeline"]["work_root"], batch_id, found.job_type)
         settle_run(db, layout.run(found.run_id), batch_id)
         recovered.append(found.run_id)
     if stranded := release_stranded_items(db, batch_id):

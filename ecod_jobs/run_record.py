@@ -146,6 +146,16 @@ def record_planned(cur: Any, db: Database, run_id: str, items: int, chunks: int)
     )
 
 
+def add_planned_chunks(cur: Any, db: Database, run_id: str, chunks: int) -> None:
+    """A pipeline stage planned more chunks of the run (its windows are planned as they come)."""
+    cur.execute(
+        sql.SQL("UPDATE {} SET planned_chunks = coalesce(planned_chunks, 0) + %s WHERE run_id = %s").format(
+            db.table("ecod_jobs_run")
+        ),
+        (chunks, run_id),
+    )
+
+
 def close(db: Database, run_id: str, status: RunStatus, message: str | None = None) -> None:
     """The run's final status, message and end time, as its own end records them."""
     db.query(

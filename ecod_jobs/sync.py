@@ -88,17 +88,28 @@ def record_chunks(
     rows = rows_for_chunks(
         states, run, run_over=run_over, failed_chunks=failed_chunks, interrupted=interrupted
     )
-    write_rows(db, rows)
+    stage = None
+    if plan.pipeline_stage:  # a stage window of a pipeline run (ecod_jobs.pipeline_sync)
+        stage = {
+            "run_id": layout.run_id,
+            "batch_id": plan.batch_id,
+            "stage": plan.pipeline_stage,
+            "stage_order": plan.stage_order,
+            "records": [r for state in states for r in state.results.values()],
+            "run_over": run_over,
+        }
+    write_rows(db, rows, stage)
     return sum(chunk.settled for chunk in rows)
 
 
 # --------------------------------------------------------------------------- the writer
 
 
-def write_rows(db: Database, chunks: Sequence[ChunkRows]) -> None:
+def write_rows(db: Database, chunks: Sequence[ChunkRows], stage: Mapping[str, Any] | None = None) -> None:
     """Write the rows of some chunks of one run in one transaction: upsert the job rows,
-    then bring each item's job_item row of the run and its process_status row in line.
-    Idempotent: writing the same rows again changes nothing."""
+    then bring each item's job_item row of the run and its process_status row in line
+    (for a pipeline ``stage``: its item-stages, process_file, and the status derived from
+    them). Idempotent: writing the same rows again changes nothing."""
     jobs = [job for chunk in chunks for job in chunk.job_rows()]
     if not jobs:
         return
@@ -109,7 +120,12 @@ def write_rows(db: Database, chunks: Sequence[ChunkRows]) -> None:
         run_jobs = sorted(job_of.values())
         _update_job_items(cur, db, run_jobs)
         _insert_missing_job_items(cur, db, run_jobs, staged)
-        _update_process_status(cur, db, chunks[0].run.batch_id)
+        if stage is None:
+            _update_process_status(cur, db, chunks[0].run.batch_id)
+        else:
+            from .pipeline_sync import write_stage_items
+
+            write_stage_items(cur, db, **stage)
 
 
 def _upsert_jobs(
@@ -364,19 +380,31 @@ def reconcile_run(
     db: Database, layout: RunLayout, *, run_over: bool = True, interrupted: bool = False
 ) -> dict[str, int]:
     """Record every chunk of a run from its files, then the scheduler's detail and batch totals."""
-    plan = Plan.read(layout)
-    chunks = plan.chunk_ids()
-    settled = record_chunks(db, layout, plan, chunks, run_over=run_over, interrupted=interrupted)
+    chunks = settled = 0
+    batch_id = None
+    for unit in layout.planned_units():  # the run, or each stage window of a pipeline run
+        plan = Plan.read(unit)
+        batch_id = plan.batch_id
+        settled += record_chunks(db, unit, plan, plan.chunk_ids(), run_over=run_over, interrupted=interrupted)
+        chunks += len(plan.chunks)
+    if layout.is_pipeline:
+        from .pipeline_plan import PipelinePlan
+        from .pipeline_sync import settle_pipeline_items
+
+        pipeline = PipelinePlan.read(layout)
+        batch_id = pipeline.batch_id
+        if run_over:
+            settle_pipeline_items(db, layout.run_id, batch_id, pipeline.stage_order)
     enrich_from_scheduler(db, layout.run_id)
-    done, total = update_batch_totals(db, plan.batch_id)
-    return {"chunks": len(chunks), "settled": settled, "done": done, "total": total}
+    done, total = update_batch_totals(db, batch_id) if batch_id is not None else (0, 0)
+    return {"chunks": chunks, "settled": settled, "done": done, "total": total}
 
 
 def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> dict[str, Any]:
     """Reconcile a run that ended and close its run row; returns the reconcile summary and message."""
     from .db import status_counts
 
-    if not run.plan.exists():  # failed before planning, or its plan.json was removed
+    if not run.plan.exists() and not run.is_pipeline:  # failed before planning, or plan.json removed
         message = "the run ended before it was planned"
         if handed_back := release_unstarted_items(db, run.run_id):
             message += f"; its {handed_back} items are pending again"
@@ -384,7 +412,7 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
         return {"chunks": 0, "settled": 0, "message": message}
     # A run that failed before any chunk started (no attempt file) did nothing to its
     # items: they go back to 'pending', as a dead run's do, instead of 'error'.
-    unstarted = not success and not run.attempts_by_chunk()
+    unstarted = not success and not any(unit.attempts_by_chunk() for unit in run.planned_units())
     if unstarted:
         from .recovery import cancel_slurm_jobs
 

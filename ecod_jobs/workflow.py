@@ -17,10 +17,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from . import __version__, run_record
 from .config import JobTypeSpec, config_hash, job_type_spec, load_config
+from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .db import Database, init_schema, is_transient, retry_while_away
 from .exceptions import ConfigurationError, DatabaseError
 from .layout import BatchLayout, RunLayout, write_atomic
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 RUN_ID_ENV = "ECOD_JOBS_RUN_ID"
 _heartbeat: Any = None  # the main process's lease heartbeat (set by on_start)
 CHUNK_RULE = "chunk"
+STAGE_CHUNK_RULE = "stage_chunk"  # a pipeline stage's chunk (workflow/rules/pipeline.smk)
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,27 @@ class WorkflowContext:
 
     config: dict[str, Any]
     batch_id: int
-    spec: JobTypeSpec
+    spec: JobTypeSpec | None  # a run of one job type; None for a pipeline run
     run_id: str
     retry_failed: bool
     batch_layout: BatchLayout
+    pipeline: PipelineSpec | None = None
+    stages: tuple[str, ...] = ()  # a pipeline run's stages, in pipeline order
+    forced: tuple[str, ...] = ()  # --rerun: these run even where done
+
+    @property
+    def key(self) -> str:
+        """The run's job type in ecod_jobs_run (``pipeline.NAME`` for a pipeline)."""
+        if self.pipeline is not None:
+            return self.pipeline.run_key
+        assert self.spec is not None
+        return self.spec.name
+
+    @property
+    def lease_keys(self) -> list[str]:
+        """What the run leases on its batch: its job type, or its stages (runs whose
+        stages overlap exclude each other)."""
+        return list(self.stages) if self.pipeline is not None else [self.key]
 
     @property
     def run(self) -> RunLayout:
@@ -70,12 +90,36 @@ def context_from_config(smk_config: Mapping[str, Any]) -> WorkflowContext:
             f"--config batch_id={smk_config['batch_id']!r} is not valid: expected an integer batch id"
         ) from None
     config = load_config(smk_config.get("ecod_config") or None)
-    spec = job_type_spec(config, smk_config.get("job_type") or None)
     # One run id for the main process and every job it starts (they inherit the environment).
     run_id = str(smk_config.get("run_id") or os.environ.get(RUN_ID_ENV) or uuid.uuid4())
     os.environ[RUN_ID_ENV] = run_id
-    layout = BatchLayout.create(config["pipeline"]["work_root"], batch_id, spec.name)
-    return WorkflowContext(config, batch_id, spec, run_id, _as_bool(smk_config.get("retry_failed")), layout)
+    retry = _as_bool(smk_config.get("retry_failed"))
+    work_root = config["pipeline"]["work_root"]
+    if smk_config.get("pipeline"):
+        if smk_config.get("job_type"):
+            raise ConfigurationError("--config pipeline=.. and job_type=.. exclude each other: give one")
+        pipeline = pipeline_spec(config, str(smk_config["pipeline"]))
+        stages, forced = select_stages(
+            pipeline,
+            stages=_as_list(smk_config.get("stages")),
+            start=smk_config.get("from_stage") or None,
+            rerun=smk_config.get("rerun") or None,
+        )
+        layout = BatchLayout.create(work_root, batch_id, pipeline.run_key)
+        return WorkflowContext(
+            config, batch_id, None, run_id, retry, layout, pipeline, tuple(stages), tuple(forced)
+        )
+    spec = job_type_spec(config, smk_config.get("job_type") or None)
+    layout = BatchLayout.create(work_root, batch_id, spec.name)
+    return WorkflowContext(config, batch_id, spec, run_id, retry, layout)
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
 def _profile_from_argv(argv: list[str]) -> str | None:
@@ -102,13 +146,55 @@ def plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -> None:
 
     db = ctx.db()
     run = ctx.batch_layout.run(run_id)
+    assert ctx.spec is not None
+    spec = ctx.spec
     plan = retry_while_away(
-        lambda: plan_run(db, ctx.config, ctx.spec, ctx.batch_id, run, retry_failed=ctx.retry_failed),
+        lambda: plan_run(db, ctx.config, spec, ctx.batch_id, run, retry_failed=ctx.retry_failed),
         db.retry_seconds,
         "planning",
     )
     with open(log_path, "w") as log_file:
         log_file.write(f"planned {plan.items} items in {len(plan.chunks)} chunks\n")
+
+
+def pipeline_plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -> None:
+    """The ``pipeline_plan`` checkpoint: see :func:`ecod_jobs.pipeline_plan.plan_pipeline`."""
+    from .pipeline_plan import plan_pipeline
+
+    assert ctx.pipeline is not None
+    pipeline = ctx.pipeline
+    db = ctx.db()
+    plan = retry_while_away(
+        lambda: plan_pipeline(
+            db,
+            ctx.config,
+            pipeline,
+            ctx.stages,
+            ctx.forced,
+            ctx.batch_id,
+            ctx.batch_layout.run(run_id),
+            retry_failed=ctx.retry_failed,
+        ),
+        db.retry_seconds,
+        "planning",
+    )
+    with open(log_path, "w") as log_file:
+        log_file.write(f"planned {plan.items} items, {plan.item_stages} item-stages in {len(plan.windows)} windows\n")
+
+
+def select_checkpoint(ctx: WorkflowContext, run_id: str, stage: str, window: str, log_path: str) -> None:
+    """The ``select`` checkpoint of one stage and window: :func:`ecod_jobs.pipeline_plan.select_window`."""
+    from .pipeline_plan import select_window
+
+    assert ctx.pipeline is not None
+    pipeline = ctx.pipeline
+    db = ctx.db()
+    run = ctx.batch_layout.run(run_id)
+    plan = retry_while_away(
+        lambda: select_window(db, ctx.config, pipeline, run, stage, window), db.retry_seconds, "selecting"
+    )
+    with open(log_path, "w") as log_file:
+        log_file.write(f"{stage} {window}: {plan.items} items in {len(plan.chunks)} chunks\n")
 
 
 # --------------------------------------------------------------------------- hooks
@@ -122,23 +208,23 @@ def on_start(ctx: WorkflowContext) -> None:
         db,
         ctx.run_id,
         ctx.batch_id,
-        ctx.spec.name,
+        ctx.key,
         profile=_profile_from_argv(sys.argv),
         config_hash=config_hash(ctx.config),
         snakemake_version=snakemake_version(),
         ecod_jobs_version=__version__,
     )
-    from .lease import Heartbeat, acquire
+    from .lease import Heartbeat, acquire_all
     from .recovery import recover_dead_runs
 
-    acquire(db, ctx.batch_id, ctx.spec.name, ctx.run_id)  # raises if a live run holds the batch
-    recovered = recover_dead_runs(db, ctx.config, ctx.batch_id, ctx.spec.name, ctx.run_id)
+    acquire_all(db, ctx.batch_id, ctx.lease_keys, ctx.run_id)  # raises if a live run holds the batch
+    recovered = recover_dead_runs(db, ctx.config, ctx.batch_id, ctx.key, ctx.run_id)
     if recovered:
         print(f"ecod-jobs: recovered dead runs {', '.join(recovered)}", file=sys.stderr)
     global _heartbeat
     _heartbeat = Heartbeat(db, ctx.run_id, on_lost=_lease_lost).start()
     LiveRecorder.activate(ctx)
-    log.info("run %s of batch %d (%s) started", ctx.run_id, ctx.batch_id, ctx.spec.name)
+    log.info("run %s of batch %d (%s) started", ctx.run_id, ctx.batch_id, ctx.key)
 
 
 def _lease_lost() -> None:
@@ -213,9 +299,11 @@ class LiveRecorder:
     def __init__(self, ctx: WorkflowContext) -> None:
         self.ctx = ctx
         self.db = ctx.db()
-        self.chunks: dict[int, str] = {}  # Snakemake job id -> chunk id
-        self._plan: Plan | None = None
-        self.backlog: dict[str, bool] = {}  # chunk id -> its job failed
+        # Snakemake job id -> (where the chunk's files are, chunk id): the run itself, or
+        # for a pipeline run the stage window that planned the chunk
+        self.chunks: dict[int, tuple[RunLayout, str]] = {}
+        self._plans: dict[Path, Plan] = {}
+        self.backlog: dict[tuple[RunLayout, str], bool] = {}  # (unit, chunk) -> its job failed
         self._backlog_lock = threading.Lock()
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
@@ -237,14 +325,20 @@ class LiveRecorder:
     def current(cls) -> LiveRecorder | None:
         return cls._active
 
-    def plan(self) -> Plan | None:
-        if self._plan is None and self.ctx.run.plan.exists():
-            self._plan = Plan.read(self.ctx.run)
-        return self._plan
+    def plan(self, unit: RunLayout | None = None) -> Plan | None:
+        unit = unit or self.ctx.run
+        if unit.dir not in self._plans and unit.plan.exists():
+            self._plans[unit.dir] = Plan.read(unit)
+        return self._plans.get(unit.dir)
 
     def job_info(self, jobid: int, rule: str, wildcards: Mapping[str, Any]) -> None:
-        if rule == CHUNK_RULE and wildcards.get("run") == self.ctx.run_id:
-            self.chunks[jobid] = str(wildcards["chunk"])
+        if wildcards.get("run") != self.ctx.run_id:
+            return
+        if rule == CHUNK_RULE:
+            self.chunks[jobid] = (self.ctx.run, str(wildcards["chunk"]))
+        elif rule == STAGE_CHUNK_RULE:
+            unit = self.ctx.run.stage_run(str(wildcards["stage"]), str(wildcards["window"]))
+            self.chunks[jobid] = (unit, str(wildcards["chunk"]))
 
     def job_finished(self, jobid: int) -> None:
         self._record(jobid, failed=False)
@@ -253,18 +347,21 @@ class LiveRecorder:
         self._record(jobid, failed=True)
 
     def _record(self, jobid: int, failed: bool) -> None:
-        chunk = self.chunks.get(jobid)
-        if chunk is None or self.plan() is None:
+        found = self.chunks.get(jobid)
+        if found is None:
+            return
+        unit, chunk = found
+        if self.plan(unit) is None:
             return
         # A refusing runner exits non-zero and leaves its record under the chunk its task
         # was submitted for, which need not be the chunk whose job failed: look at all.
-        misrouted = self.ctx.run.misrouted_reason(chunk) or (
-            next(iter(self.ctx.run.misrouted_reasons()), None) if failed else None
+        misrouted = unit.misrouted_reason(chunk) or (
+            next(iter(unit.misrouted_reasons()), None) if failed else None
         )
         if misrouted is not None and not self.stopping:
-            if not self.ctx.run.misrouted(chunk).exists() and not failed:
+            if not unit.misrouted(chunk).exists() and not failed:
                 # its result file names another chunk: keep that on record for the run's end
-                write_atomic(self.ctx.run.misrouted(chunk), json.dumps({"error": misrouted}))
+                write_atomic(unit.misrouted(chunk), json.dumps({"error": misrouted}))
             # Never wait on it (its items would sit in 'processing' while Snakemake retries
             # a broken submission): stop the run; its end records the chunk's items failed.
             self.stopping = True
@@ -272,26 +369,32 @@ class LiveRecorder:
             print(f"ecod-jobs: chunk {chunk}: {misrouted}; stopping the run", file=sys.stderr)
             _interrupt_self()
         with self._backlog_lock:
-            self.backlog[chunk] = failed
+            self.backlog[(unit, chunk)] = failed
         if self._retry_thread is None or not self._retry_thread.is_alive():
             self.flush()  # the usual case: record at once, in the logging thread
 
     def flush(self) -> bool:
         """Record every chunk waiting in the backlog; False if the database is still away."""
-        plan = self.plan()
         with self._backlog_lock:
             pending = dict(self.backlog)
-        if not pending or plan is None:
+        if not pending:
             return True
+        by_unit: dict[RunLayout, dict[str, bool]] = {}
+        for (unit, chunk), failed in pending.items():
+            by_unit.setdefault(unit, {})[chunk] = failed
         try:
-            record_chunks(
-                self.db,
-                self.ctx.run,
-                plan,
-                sorted(pending),
-                run_over=False,
-                failed_chunks=[c for c, failed in pending.items() if failed],
-            )
+            for unit, chunks in by_unit.items():
+                plan = self.plan(unit)
+                if plan is None:
+                    continue
+                record_chunks(
+                    self.db,
+                    unit,
+                    plan,
+                    sorted(chunks),
+                    run_over=False,
+                    failed_chunks=[c for c, failed in chunks.items() if failed],
+                )
         except Exception as exc:
             if self._retry_thread is None or not self._retry_thread.is_alive():
                 log.warning(
@@ -305,9 +408,9 @@ class LiveRecorder:
                 self._retry_thread.start()
             return False
         with self._backlog_lock:
-            for chunk, failed in pending.items():
-                if self.backlog.get(chunk) == failed:
-                    del self.backlog[chunk]
+            for key, failed in pending.items():
+                if self.backlog.get(key) == failed:
+                    del self.backlog[key]
         return True
 
     def _retry_loop(self) -> None:

@@ -141,7 +141,7 @@ def status_counts(db: Database, batch_id: int, run_id: str | None = None) -> dic
         params: tuple[Any, ...] = (batch_id,)
     else:
         query = sql.SQL(
-            "SELECT ps.status, count(*) FROM {} ji JOIN {} j ON j.id = ji.job_id"
+            "SELECT ps.status, count(DISTINCT ps.id) FROM {} ji JOIN {} j ON j.id = ji.job_id"
             " JOIN {} ps ON ps.id = ji.process_id WHERE j.run_id = %s GROUP BY ps.status"
         ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
         params = (run_id,)

@@ -293,7 +293,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON {s}.ecod_jobs_item_stage (batch_id, stage, status)",
             # Real ECOD databases have no unique key on (process_id, file_type) and may
             # hold duplicates: a plain index for the writer's in-place updates, no key.
-            "CREATE INDEX IF NOT EXISTS process_file_process_type_idx ON {s}.process_file (process_id, file_type)",
+            "CREATE INDEX IF NOT EXISTS process_file_process_type_idx"
+            " ON {s}.process_file (process_id, file_type)",
         ),
     ),
 )
