@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
 from .gates import MetricsError, parse_metrics
+from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
 from .plan_file import Plan, chunk_items, render_output, template_values
 from .processes import signal_group
 
@@ -99,7 +99,9 @@ METRICS_ENV = "ECOD_JOBS_METRICS"
 def item_outputs(plan: Plan, item: Mapping[str, Any]) -> dict[str, str]:
     """Paths (relative to the base path) of the outputs the command may name: its own and
     its upstream stages'."""
-    values = template_values(item["process_id"], item.get("protein_id"), plan.batch_id, item.get("relative_path"))
+    values = template_values(
+        item["process_id"], item.get("protein_id"), plan.batch_id, item.get("relative_path")
+    )
     return {ft: render_output(template, values) for ft, template in plan.out_templates.items()}
 
 

@@ -390,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--job-type", help="job type (default: pipeline.default_job_type or the first)")
     run.add_argument("--pipeline", help="run this pipeline's stages (pipelines.NAME) instead of one job type")
     run.add_argument("--stages", metavar="S1,S2", help="only these stages of the pipeline")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="this stage and everything downstream")
+    run.add_argument(
+        "--from", dest="from_stage", metavar="STAGE", help="this stage and everything downstream"
+    )
     run.add_argument("--rerun", metavar="STAGE", help="force this stage and its downstream, even where done")
     run.add_argument("--retry-failed", action="store_true", help="also rerun items (item-stages) that failed")
     run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")

@@ -152,8 +152,8 @@ def stages_to_run(
         upstream = stage.after
         if stage.name not in run:
             continue
-        if any(state.get(u, ("pending", None))[0] == "error" and u not in todo for u in upstream):
-            continue  # blocked by a failure this run does not retry
+        if any(u not in todo and state.get(u, ("pending", None))[0] not in DONE for u in upstream):
+            continue  # blocked: an upstream stage is neither done nor run this time (it failed)
         if (
             stage.name in forced
             or any(u in todo for u in upstream)
@@ -252,9 +252,7 @@ def plan_pipeline(
 
 def _claim(cur: Any, db: Database, batch_id: int, run_id: str, planned: Sequence[tuple[Any, ...]]) -> None:
     """The items move to 'processing', their stages to run to 'pending' (held by this run)."""
-    cur.execute(
-        "CREATE TEMP TABLE _ecod_todo (process_id int, stage text) ON COMMIT DROP"
-    )
+    cur.execute("CREATE TEMP TABLE _ecod_todo (process_id int, stage text) ON COMMIT DROP")
     copy_rows(
         cur,
         sql.Identifier("_ecod_todo"),
@@ -286,7 +284,9 @@ RUN, SKIPPED, BLOCKED = "run", "skipped", "blocked"
 State = tuple[str, Mapping[str, Any] | None]
 
 
-def decide(stage: StageSpec, item: Mapping[str, Any], state_of: Callable[[str], State], upstream: Iterable[str]) -> tuple[str, str | None]:
+def decide(
+    stage: StageSpec, item: Mapping[str, Any], state_of: Callable[[str], State], upstream: Iterable[str]
+) -> tuple[str, str | None]:
     """Whether ``item`` runs ``stage``: (run | skipped | blocked, why not)."""
     skipped_by = None
     for name in stage.after:
@@ -345,25 +345,45 @@ def select_window(
     groups = [chosen[i : i + size] for i in range(0, len(chosen), size)]
     chunk_ids = [stage_chunk_id(stage_name, window, i) for i in range(len(groups))]
     with db.transaction() as cur:
-        job_ids = insert_chunk_jobs(
-            cur, db, stage.job, plan.batch_id, run.run_id, chunk_ids, [len(g) for g in groups]
-        ) if groups else []
+        job_ids = (
+            insert_chunk_jobs(
+                cur, db, stage.job, plan.batch_id, run.run_id, chunk_ids, [len(g) for g in groups]
+            )
+            if groups
+            else []
+        )
         copy_rows(
             cur,
             db.table("job_item"),
             ("job_id", "process_id", "status"),
-            ((job, item["process_id"], "pending") for job, group in zip(job_ids, groups, strict=True) for item in group),
+            (
+                (job, item["process_id"], "pending")
+                for job, group in zip(job_ids, groups, strict=True)
+                for item in group
+            ),
         )
-        job_of = {item["process_id"]: job for job, group in zip(job_ids, groups, strict=True) for item in group}
+        job_of = {
+            item["process_id"]: job for job, group in zip(job_ids, groups, strict=True) for item in group
+        }
         _record_decisions(cur, db, run.run_id, stage_name, decisions, job_of)
         from .pipeline_sync import derive_process_status
 
-        derive_process_status(cur, db, plan.batch_id, pipeline, [d["process_id"] for d in decisions if d["decision"] == SKIPPED], in_run=True)
+        derive_process_status(
+            cur,
+            db,
+            plan.batch_id,
+            pipeline,
+            [d["process_id"] for d in decisions if d["decision"] == SKIPPED],
+            in_run=True,
+        )
         run_record.add_planned_chunks(cur, db, run.run_id, len(groups))
         for chunk, group in zip(chunk_ids, groups, strict=True):
             write_atomic(
                 sub.manifest(chunk),
-                "".join(manifest_line(i["process_id"], i["protein_id"], i["path"], i["relative_path"]) for i in group),
+                "".join(
+                    manifest_line(i["process_id"], i["protein_id"], i["path"], i["relative_path"])
+                    for i in group
+                ),
             )
         write_jsonl_atomic(sub.decisions, decisions)
         stage_plan = _stage_plan(config, pipeline, plan, run, stage, chunk_ids, groups, job_ids)
@@ -372,24 +392,33 @@ def select_window(
 
 
 def _record_decisions(
-    cur: Any, db: Database, run_id: str, stage: str, decisions: Sequence[Mapping[str, Any]], job_of: Mapping[int, int]
+    cur: Any,
+    db: Database,
+    run_id: str,
+    stage: str,
+    decisions: Sequence[Mapping[str, Any]],
+    job_of: Mapping[int, int],
 ) -> None:
     """Items to run: 'running' under their chunk's job; skipped ones: 'skipped' with why;
     blocked ones stay 'pending', with why."""
     cur.execute(
-        "CREATE TEMP TABLE _ecod_decisions (process_id int, status text, job_id int, reason text) ON COMMIT DROP"
+        "CREATE TEMP TABLE _ecod_decisions (process_id int, status text, job_id int, reason text)"
+        " ON COMMIT DROP"
     )
     status = {RUN: "running", SKIPPED: "skipped", BLOCKED: "pending"}
     copy_rows(
         cur,
         sql.Identifier("_ecod_decisions"),
         ("process_id", "status", "job_id", "reason"),
-        ((d["process_id"], status[d["decision"]], job_of.get(d["process_id"]), d["reason"]) for d in decisions),
+        (
+            (d["process_id"], status[d["decision"]], job_of.get(d["process_id"]), d["reason"])
+            for d in decisions
+        ),
     )
     cur.execute(
         sql.SQL(
-            "UPDATE {} s SET status = d.status, job_id = d.job_id, attempt = CASE WHEN d.job_id IS NULL THEN NULL"
-            " ELSE 1 END, error_message = d.reason, metrics = NULL, updated_at = now(),"
+            "UPDATE {} s SET status = d.status, job_id = d.job_id,"
+            " attempt = CASE WHEN d.job_id IS NULL THEN NULL ELSE 1 END, error_message = d.reason, metrics = NULL, updated_at = now(),"
             " end_time = CASE WHEN d.status = 'skipped' THEN now() END"
             " FROM _ecod_decisions d WHERE s.process_id = d.process_id AND s.stage = %s AND s.run_id = %s"
         ).format(db.table("ecod_jobs_item_stage")),
@@ -430,7 +459,9 @@ def _stage_plan(
         pipeline=pipeline.name,
         pipeline_stage=stage.name,
         outputs=dict(spec.outputs),
-        out_templates={ft: t for s in pipeline.stages if s.name in visible for ft, t in s.job.outputs.items()},
+        out_templates={
+            ft: t for s in pipeline.stages if s.name in visible for ft, t in s.job.outputs.items()
+        },
         metrics=spec.metrics,
         stage_order=tuple((s.name, s.done_stage) for s in pipeline.stages),
     )
@@ -459,6 +490,12 @@ def collect_window(run: RunLayout, stage: str, window: str) -> int:
             outcome.append({"process_id": pid, "status": status, "metrics": None})
         else:  # not a stage this run runs for it: what it was
             prior = item["prior"].get(stage)
-            outcome.append({"process_id": pid, "status": prior[0] if prior else "pending", "metrics": prior[1] if prior else None})
+            outcome.append(
+                {
+                    "process_id": pid,
+                    "status": prior[0] if prior else "pending",
+                    "metrics": prior[1] if prior else None,
+                }
+            )
     write_jsonl_atomic(run.outcome(stage, window), outcome)
     return len(results)

@@ -112,8 +112,10 @@ def derive_process_status(
             " t AS (SELECT s.process_id,"
             "   count(*) FILTER (WHERE s.status IN ('success', 'skipped')) AS n_done,"
             "   (array_agg(p.stage ORDER BY p.ord) FILTER (WHERE s.status = 'error'))[1] AS failed,"
-            "   (array_agg(s.error_message ORDER BY p.ord) FILTER (WHERE s.status = 'error'))[1] AS error,"
-            "   (array_agg(p.done_stage ORDER BY p.ord DESC) FILTER (WHERE s.status = 'success'))[1] AS latest"
+            "   (array_agg(s.error_message ORDER BY p.ord) FILTER (WHERE s.status = 'error'))[1]"
+            "     AS error,"
+            "   (array_agg(p.done_stage ORDER BY p.ord DESC) FILTER (WHERE s.status = 'success'))[1]"
+            "     AS latest"
             "   FROM {s} s JOIN p ON p.stage = s.stage JOIN items USING (process_id) GROUP BY s.process_id),"
             " new AS (SELECT t.process_id,"
             "   CASE WHEN t.failed IS NOT NULL THEN 'error' WHEN t.n_done = %(n)s THEN 'success'"
@@ -121,7 +123,8 @@ def derive_process_status(
             "   CASE WHEN t.failed IS NOT NULL THEN left(t.failed || '_failed', 50)"
             "        WHEN t.n_done = %(n)s THEN %(last)s END AS stage,"
             "   t.latest,"
-            "   CASE WHEN t.failed IS NOT NULL THEN t.failed || ': ' || coalesce(t.error, 'failed') END AS error"
+            "   CASE WHEN t.failed IS NOT NULL THEN t.failed || ': ' || coalesce(t.error, 'failed') END"
+            "     AS error"
             "   FROM t)"
             " UPDATE {ps} ps SET status = new.status,"
             " current_stage = coalesce(new.stage, new.latest, ps.current_stage),"
@@ -143,7 +146,9 @@ def derive_process_status(
     )
 
 
-def settle_pipeline_items(db: Database, run_id: str, batch_id: int, stage_order: Sequence[tuple[str, str]]) -> None:
+def settle_pipeline_items(
+    db: Database, run_id: str, batch_id: int, stage_order: Sequence[tuple[str, str]]
+) -> None:
     """At a pipeline run's end (or its settling): item-stages it still holds as 'running'
     (their chunk never reported) go back to 'pending', and every item it claimed gets its
     final status."""
@@ -159,12 +164,14 @@ def settle_pipeline_items(db: Database, run_id: str, batch_id: int, stage_order:
         derive_process_status(cur, db, batch_id, stage_order, None, run_id=run_id, in_run=False)
 
 
-def stage_counts(db: Database, batch_id: int, stages: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+def stage_counts(
+    db: Database, batch_id: int, stages: Sequence[str] | None = None
+) -> dict[str, dict[str, int]]:
     """Items per stage and status; items without a row for a stage count as pending."""
     rows = db.query(
-        sql.SQL(
-            "SELECT stage, status, count(*) FROM {} WHERE batch_id = %s GROUP BY 1, 2"
-        ).format(db.table("ecod_jobs_item_stage")),
+        sql.SQL("SELECT stage, status, count(*) FROM {} WHERE batch_id = %s GROUP BY 1, 2").format(
+            db.table("ecod_jobs_item_stage")
+        ),
         (batch_id,),
     )
     total = db.query(

@@ -58,7 +58,9 @@ def live_slurm_jobs(db: Database, run: RunLayout) -> list[str]:
         for unit in run.planned_units():  # the run, or each stage window of a pipeline run
             for chunk in Plan.read(unit).chunk_ids():
                 if not unit.result(chunk).exists():
-                    ids.update(m["slurm_job_id"] for m in unit.attempts(chunk).values() if m.get("slurm_job_id"))
+                    ids.update(
+                        m["slurm_job_id"] for m in unit.attempts(chunk).values() if m.get("slurm_job_id")
+                    )
     # tasks still queued have written nothing yet: find them by their name
     ids.update(slurm_commands.jobs_named(slurm_name_prefix(run.run_id) + "_"))
     return sorted(ids)

@@ -22,10 +22,10 @@ from typing import Any
 
 from . import __version__, run_record
 from .config import JobTypeSpec, config_hash, job_type_spec, load_config
-from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .db import Database, init_schema, is_transient, retry_while_away
 from .exceptions import ConfigurationError, DatabaseError
 from .layout import BatchLayout, RunLayout, write_atomic
+from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .plan_file import Plan
 from .sync import finish_run, record_chunks
 
@@ -179,7 +179,9 @@ def pipeline_plan_checkpoint(ctx: WorkflowContext, run_id: str, log_path: str) -
         "planning",
     )
     with open(log_path, "w") as log_file:
-        log_file.write(f"planned {plan.items} items, {plan.item_stages} item-stages in {len(plan.windows)} windows\n")
+        log_file.write(
+            f"planned {plan.items} items, {plan.item_stages} item-stages in {len(plan.windows)} windows\n"
+        )
 
 
 def select_checkpoint(ctx: WorkflowContext, run_id: str, stage: str, window: str, log_path: str) -> None:

@@ -180,7 +180,7 @@ def failed_items(
         params: tuple[Any, ...] = (batch_id, limit)
     else:
         query = sql.SQL(
-            "SELECT ps.id, ps.relative_path, ps.current_stage, ps.error_message FROM {} ji"
+            "SELECT DISTINCT ps.id, ps.relative_path, ps.current_stage, ps.error_message FROM {} ji"
             " JOIN {} j ON j.id = ji.job_id JOIN {} ps ON ps.id = ji.process_id"
             " WHERE j.run_id = %s AND ps.status = 'error' ORDER BY ps.id LIMIT %s"
         ).format(db.table("job_item"), db.table("job"), db.table("process_status"))
