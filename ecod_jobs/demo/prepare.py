@@ -1,8 +1,11 @@
 """Write one FASTA file per protein of the demo proteome and an items TSV for them.
 
-    python -m ecod_jobs.demo.prepare --out DIR [--limit N]
+    python -m ecod_jobs.demo.prepare --out DIR [--limit N] [--library-every K]
 
 Prints the items file path. Deterministic: the first N proteins in file order.
+With ``--library-every K`` it also writes DIR/chain_library.fa, the demo pipeline's
+library of reference chains: every K-th protein of the whole proteome (the 1st,
+(K+1)-th, ...), whatever ``--limit`` is.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import argparse
 import re
 from pathlib import Path
 
-from . import proteome_path
+from ..layout import write_atomic
+from . import chain_library_path, proteome_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -44,12 +48,37 @@ def prepare(out: Path, limit: int | None) -> Path:
     return items
 
 
+def write_chain_library(out: Path, every: int) -> Path:
+    """DIR/chain_library.fa: every ``every``-th protein of the proteome, named by its id."""
+    if every < 1:
+        raise ValueError(f"--library-every must be at least 1, not {every}")
+    chunks = []
+    for header, sequence in read_fasta(proteome_path())[::every]:
+        body = "\n".join(sequence[i : i + 60] for i in range(0, len(sequence), 60))
+        chunks.append(f">{header.split()[0]}\n{body}\n")
+    library = chain_library_path(out)
+    write_atomic(library, "".join(chunks), mode=0o644)
+    return library
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None, help="first N proteins (default all 2,100)")
+    parser.add_argument(
+        "--library-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also write DIR/chain_library.fa: every K-th protein of the proteome (the demo pipeline's)",
+    )
     args = parser.parse_args()
-    print(prepare(args.out, args.limit))
+    if args.library_every is not None and args.library_every < 1:
+        parser.error("--library-every must be at least 1")
+    items = prepare(args.out, args.limit)
+    if args.library_every is not None:
+        write_chain_library(args.out, args.library_every)
+    print(items)
 
 
 if __name__ == "__main__":
