@@ -240,7 +240,7 @@ def cmd_profiles_copy(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .launch import batch_status
 
-    report = batch_status(require_schema(Database(config), needed_by="status"), args.batch)
+    report = batch_status(require_schema(Database(config), needed_by="status"), args.batch, config=config)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -249,6 +249,12 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
         print(f"  {status:<11} {count:>9}")
     jobs = report["jobs"]
     print(f"jobs: {jobs['submitted']} submitted, {jobs['completed']} completed, {jobs['failed']} failed")
+    if report["stages"]:
+        columns = ("pending", "running", "success", "error", "skipped")
+        width = max(len("stage"), *map(len, report["stages"]))
+        print(f"{'stage':<{width}}" + "".join(f" {c:>9}" for c in columns))
+        for stage, counts in report["stages"].items():
+            print(f"{stage:<{width}}" + "".join(f" {counts[c]:>9}" for c in columns))
     if report["failed_items"]:
         print("failed items:")
         for item in report["failed_items"][:20]:

@@ -420,8 +420,14 @@ def _settle_stopped(db: Database, config: Mapping[str, Any], batch_id: int, job_
         recover_dead_runs(db, config, batch_id, job_type, None)
 
 
-def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[str, Any]:
-    """The ``ecod-jobs status`` report (also its ``--json``)."""
+def batch_status(
+    db: Database, batch_id: int, failed_limit: int = 100, config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``ecod-jobs status`` report (also its ``--json``); ``stages``: items per pipeline
+    stage and status, the stages in the order of the ``config``'s pipelines."""
+    from .pipeline_sync import stage_counts
+    from .pipelines import stage_order
+
     batch = require_batch(db, batch_id)
     counts = status_counts(db, batch_id)
     by_status = ordered_counts(counts)
@@ -436,6 +442,7 @@ def batch_status(db: Database, batch_id: int, failed_limit: int = 100) -> dict[s
         "jobs": {s: jobs.get(s, 0) for s in ("submitted", "completed", "failed")},
         "failed_items": failed_items(db, batch_id, limit=failed_limit),
         "runs": [{k: r[k] for k in _STATUS_RUN_FIELDS} for r in runs],
+        "stages": stage_counts(db, batch_id, order=stage_order(config or {})),
     }
 
 

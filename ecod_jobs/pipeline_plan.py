@@ -418,7 +418,8 @@ def _record_decisions(
     cur.execute(
         sql.SQL(
             "UPDATE {} s SET status = d.status, job_id = d.job_id,"
-            " attempt = CASE WHEN d.job_id IS NULL THEN NULL ELSE 1 END, error_message = d.reason, metrics = NULL, updated_at = now(),"
+            " attempt = CASE WHEN d.job_id IS NULL THEN NULL ELSE 1 END, error_message = d.reason,"
+            " metrics = NULL, updated_at = now(),"
             " end_time = CASE WHEN d.status = 'skipped' THEN now() END"
             " FROM _ecod_decisions d WHERE s.process_id = d.process_id AND s.stage = %s AND s.run_id = %s"
         ).format(db.table("ecod_jobs_item_stage")),

@@ -165,9 +165,10 @@ def settle_pipeline_items(
 
 
 def stage_counts(
-    db: Database, batch_id: int, stages: Sequence[str] | None = None
+    db: Database, batch_id: int, stages: Sequence[str] | None = None, order: Sequence[str] = ()
 ) -> dict[str, dict[str, int]]:
-    """Items per stage and status; items without a row for a stage count as pending."""
+    """Items per stage and status; items without a row for a stage count as pending.
+    ``stages``: these (default: every stage the batch has rows of, in ``order`` first)."""
     rows = db.query(
         sql.SQL("SELECT stage, status, count(*) FROM {} WHERE batch_id = %s GROUP BY 1, 2").format(
             db.table("ecod_jobs_item_stage")
@@ -180,7 +181,11 @@ def stage_counts(
     counts: dict[str, dict[str, int]] = {}
     for stage, status, n in rows:
         counts.setdefault(stage, {})[status] = int(n)
-    names = list(stages) if stages is not None else sorted(counts)
+    names = (
+        list(stages)
+        if stages is not None
+        else [s for s in order if s in counts] + sorted(s for s in counts if s not in order)
+    )
     result = {}
     for name in names:
         found = counts.get(name, {})

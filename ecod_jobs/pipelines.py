@@ -300,6 +300,14 @@ def pipeline_spec(config: Mapping[str, Any], name: str) -> PipelineSpec:
     return PipelineSpec(name, tuple(resolved), body.get("window_size"))
 
 
+def stage_order(config: Mapping[str, Any]) -> list[str]:
+    """Every configured pipeline's stages, each pipeline in its order (for reports)."""
+    order: list[str] = []
+    for name in config.get("pipelines") or {}:
+        order.extend(s for s in pipeline_spec(config, name).names() if s not in order)
+    return order
+
+
 def select_stages(
     pipeline: PipelineSpec,
     *,

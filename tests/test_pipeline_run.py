@@ -9,6 +9,7 @@ exists.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -184,6 +185,18 @@ def test_pipeline_runs_the_graph_records_stages_files_and_resumes(
         == len(set((f[0], f[1]) for f in files))
         == sum(1 for s in states.values() if s == "success")
     )
+
+    # status: a stage x status table, and `stages` in --json
+    shown = run_cli("--config", str(cfg), "status", "--batch", str(batch_id), "--json")
+    stages = json.loads(shown.stdout)["stages"]
+    assert list(stages) == ["chain", "domain", "deep", "summary", "partition"]
+    deep = sum(expected_deep(i) for i in range(1, 13) if i != 7)
+    assert stages["chain"] == {"pending": 0, "running": 0, "success": 12, "error": 0, "skipped": 0}
+    assert stages["domain"] == {"pending": 0, "running": 0, "success": 11, "error": 1, "skipped": 0}
+    assert stages["deep"] == {"pending": 1, "running": 0, "success": deep, "error": 0, "skipped": 11 - deep}
+    table = run_cli("--config", str(cfg), "status", "--batch", str(batch_id)).stdout
+    assert "stage         pending   running   success     error   skipped" in table
+    assert "domain              0         0        11         1         0" in table
 
     # the same command again: nothing is left to do without --retry-failed
     again = run(cfg, batch_id, cwd=outside)

@@ -30,19 +30,22 @@ def read_fasta(path: Path) -> list[tuple[str, str]]:
     return [(header, "".join(seq)) for header, seq in records]
 
 
-def prepare(out: Path, limit: int | None) -> Path:
+def prepare(out: Path, limit: int | None, representatives: bool = False) -> Path:
+    """``representatives``: add an ``is_representative`` column (every 4th protein is a
+    cluster member, false; the pipeline's gated search runs for representatives only)."""
     records = read_fasta(proteome_path())
     if limit is not None:
         records = records[:limit]
     seq_dir = out / "sequences"
     seq_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["path\tprotein_id"]
+    lines = ["path\tprotein_id" + ("\tis_representative" if representatives else "")]
     for number, (header, sequence) in enumerate(records, start=1):
         name = _UNSAFE.sub("_", header.split()[0])
         fasta = seq_dir / f"{name}.fa"
         body = "\n".join(sequence[i : i + 60] for i in range(0, len(sequence), 60))
         fasta.write_text(f">{header}\n{body}\n")
-        lines.append(f"sequences/{fasta.name}\t{number}")
+        flag = f"\t{'false' if number % 4 == 0 else 'true'}" if representatives else ""
+        lines.append(f"sequences/{fasta.name}\t{number}{flag}")
     items = out / "items.tsv"
     items.write_text("\n".join(lines) + "\n")
     return items
@@ -72,10 +75,15 @@ def main() -> None:
         metavar="K",
         help="also write DIR/chain_library.fa: every K-th protein of the proteome (the demo pipeline's)",
     )
+    parser.add_argument(
+        "--representatives",
+        action="store_true",
+        help="add an is_representative column (false for every 4th protein)",
+    )
     args = parser.parse_args()
     if args.library_every is not None and args.library_every < 1:
         parser.error("--library-every must be at least 1")
-    items = prepare(args.out, args.limit)
+    items = prepare(args.out, args.limit, representatives=args.representatives)
     if args.library_every is not None:
         write_chain_library(args.out, args.library_every)
     print(items)
