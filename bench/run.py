@@ -23,7 +23,7 @@ from typing import Any
 
 from .common import REPO, Measurement, log, scratch_database
 
-MEASUREMENTS = ("registration", "sync", "status", "dashboard", "local", "planning", "slurm")
+MEASUREMENTS = ("registration", "sync", "status", "dashboard", "local", "planning", "slurm", "process_file")
 
 
 def database_measurements(items: int, batch_size: int, only: set[str], work: Path) -> list[Measurement]:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown measurement(s) {', '.join(sorted(unknown))}; choose from {', '.join(MEASUREMENTS)}"
         )
-    from . import local_overhead, planning, slurm_submission
+    from . import local_overhead, planning, process_files, slurm_submission
 
     started = time.monotonic()
     results: list[Measurement] = []
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("planning", planning.measure))
     if "slurm" in only:
         steps.append(("slurm", slurm_submission.measure))
+    if "process_file" in only:
+        steps.append(("process_file", process_files.measure))
     for name, step in steps:
         with tempfile.TemporaryDirectory(prefix=f"ecod-bench-{name}-") as work:
             results += step(Path(work))
