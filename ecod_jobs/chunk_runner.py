@@ -34,7 +34,7 @@ from typing import Any
 
 from .gates import MetricsError, parse_metrics
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
-from .plan_file import Plan, chunk_items, render_output, template_values
+from .plan_file import Plan, chunk_items, item_template_values, render_output
 from .processes import signal_group
 
 STDERR_TAIL = 2000
@@ -99,7 +99,7 @@ METRICS_ENV = "ECOD_JOBS_METRICS"
 def item_outputs(plan: Plan, item: Mapping[str, Any]) -> dict[str, str]:
     """Paths (relative to the base path) of the outputs the command may name: its own and
     its upstream stages'."""
-    values = template_values(
+    values = item_template_values(
         item["process_id"], item.get("protein_id"), plan.batch_id, item.get("relative_path")
     )
     return {ft: render_output(template, values) for ft, template in plan.out_templates.items()}

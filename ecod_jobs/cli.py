@@ -20,7 +20,7 @@ import yaml
 from . import __version__
 from .config import is_embedded, load_config, redact
 from .db import Database, create_batch, current_version, init_schema, list_batches, require_schema
-from .exceptions import USAGE_ERRORS, ECODError, ValidationError
+from .exceptions import USAGE_ERRORS, ConfigurationError, ECODError, ValidationError
 from .items import read_items
 
 log = logging.getLogger("ecod_jobs.cli")
@@ -285,6 +285,35 @@ def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_files_register(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .process_files import register_files
+
+    if args.pipeline is not None:
+        from .pipelines import pipeline_spec
+
+        outputs = [(ft, t) for _stage, ft, t in pipeline_spec(config, args.pipeline).outputs()]
+    else:
+        outputs = [
+            (ft, t)
+            for spec in (config.get("job_types") or {}).values()
+            for ft, t in (spec.get("outputs") or {}).items()
+        ]
+    if not outputs:
+        raise ConfigurationError(
+            f"no outputs are declared{f' by pipeline {args.pipeline!r}' if args.pipeline else ''}:"
+            " add job_types.NAME.outputs"
+        )
+    db = Database(config)
+    init_schema(db)
+    found = register_files(db, args.batch, outputs)
+    print(
+        f"batch {args.batch}: {found['files']} outputs of {found['items']} items scanned:"
+        f" {found['present']} present, {found['missing']} missing;"
+        f" process_file: {found['inserted']} rows added, {found['updated']} updated, {found['unchanged']} unchanged"
+    )
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .launch import cancel_batch
 
@@ -432,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = add(sub, "cancel", cmd_cancel, "stop the batch's runs and cancel their jobs")
     cancel.add_argument("--batch", type=int, required=True)
+
+    files_p = sub.add_parser("files", help="process_file: the outputs each item has")
+    files_sub = files_p.add_subparsers(dest="files_command", required=True, metavar="ACTION")
+    register = add(
+        files_sub, "register", cmd_files_register, "scan the declared outputs on disk into process_file"
+    )
+    register.add_argument("--batch", type=int, required=True)
+    register.add_argument("--pipeline", help="only this pipeline's outputs (default: every job type's)")
 
     report = add(sub, "report", cmd_report, "write a self-contained HTML report of a batch (opens offline)")
     report.add_argument("--batch", type=int, required=True)

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .exceptions import ConfigurationError
+from .plan_file import PLACEHOLDERS
 
 DEFAULT_CONFIG_PATH = Path("config/config.yml")
 LOCAL_CONFIG_NAME = "config.local.yml"
@@ -44,7 +45,7 @@ REDACTED = "********"
 COMMAND_PLACEHOLDERS = frozenset({"item_id", "path", "output_dir", "threads", "batch_id", "protein_id"})
 # Placeholders of an output template (``job_types.NAME.outputs``): what names a chain's
 # file. ``stem`` is the item's file name without its extension (P12345.fa -> P12345).
-OUTPUT_PLACEHOLDERS = frozenset({"item_id", "protein_id", "batch_id", "stem"})
+OUTPUT_PLACEHOLDERS = frozenset(PLACEHOLDERS)
 # ``{out[FILE_TYPE]}`` in a command: the absolute path of a declared output.
 _OUT_FIELD = re.compile(r"^out\[([A-Za-z][A-Za-z0-9_]*)\]$")
 

@@ -11,10 +11,12 @@ settings), sync, recovery and ownership. Its items are in the chunk manifests
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring as _json_string  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
+from string import Formatter
 from typing import Any
 
 from .layout import RunLayout, read_jsonl, write_atomic
@@ -148,19 +150,78 @@ def manifest_line(process_id: int, protein_id: int | None, path: str, relative_p
     )
 
 
-def template_values(
+# Placeholders of an output template (``job_types.NAME.outputs``; README, "Pipelines").
+PLACEHOLDERS = ("item_id", "protein_id", "batch_id", "stem")
+
+
+def _check_placeholders(template: str) -> None:
+    """ValueError for a malformed template or a placeholder that is not a plain known name
+    (no ``{stem.attr}`` or ``{stem[0]}``: a template is a path, not code)."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"output template {template!r}: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name not in PLACEHOLDERS:
+            raise ValueError(
+                f"output template {template!r}: unknown placeholder {{{name}}}"
+                f" (known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})"
+            )
+
+
+def _inside(template: str, rendered: str) -> str:
+    """``rendered``, normalised, if it names a file inside the base path; else ValueError."""
+    if not rendered or PurePosixPath(rendered).is_absolute():
+        raise ValueError(
+            f"output template {template!r} gives {rendered!r}: expected a path relative to the batch's"
+            " base path"
+        )
+    normal = posixpath.normpath(rendered)
+    if normal == "." or normal == ".." or normal.startswith("../"):
+        raise ValueError(
+            f"output template {template!r} gives {rendered!r}, which is not inside the base path"
+        )
+    return normal
+
+
+def render_output(template: str, values: Mapping[str, object]) -> str:
+    """The path (relative to the batch's base path, normalised) that ``template`` names for
+    one item; ``values`` as :func:`item_template_values` makes them.
+
+    ValueError, naming the template, for an unknown placeholder, a value the item does not
+    have (a ``{protein_id}`` of an item without one would otherwise write ``None`` into
+    a path), an absolute path, or one that ``..`` takes out of the base path: every
+    output must stay where ``files register`` and the resume check look for it.
+    """
+    formatter = Formatter()
+    _check_placeholders(template)  # the template's own errors first
+    parts: list[str] = []
+    for literal, name, spec, conversion in formatter.parse(template):
+        parts.append(literal)
+        if name is None:
+            continue
+        value = values.get(name)
+        if value is None:
+            raise ValueError(f"output template {template!r}: the item has no {{{name}}}")
+        if conversion:
+            value = formatter.convert_field(value, conversion)
+        try:
+            parts.append(format(value, spec or ""))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"output template {template!r}: {{{name}:{spec}}}: {exc}") from None
+    return _inside(template, "".join(parts))
+
+
+def check_output_template(template: str) -> None:
+    """ValueError (naming the template) if ``template`` could never give a path inside the base
+    path: for checking a configuration before any item is rendered."""
+    render_output(template, {"item_id": 1, "protein_id": 1, "batch_id": 1, "stem": "stem"})
+
+
+def item_template_values(
     process_id: int, protein_id: int | None, batch_id: int, relative_path: str | None
-) -> dict[str, Any]:
-    """The values of an output template's placeholders for one item (``stem``: the item's
-    file name without its last extension)."""
-    name = PurePosixPath(relative_path or "").name
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return {"item_id": process_id, "protein_id": protein_id, "batch_id": batch_id, "stem": stem}
-
-
-def render_output(template: str, values: Mapping[str, Any]) -> str:
-    """An output's path relative to the base path; ``ValueError`` if it would leave it."""
-    path = template.format(**{k: "" if v is None else str(v) for k, v in values.items()})
-    if not path or path.startswith("/") or ".." in PurePosixPath(path).parts:
-        raise ValueError(f"output template {template!r} gives {path!r}: not a path inside the base path")
-    return path
+) -> dict[str, object]:
+    """An item's placeholder values. ``stem`` is the file name of ``relative_path`` without
+    its last extension (``sequences/P12345.fa`` -> ``P12345``), None without a path."""
+    stem = PurePosixPath(relative_path).stem if relative_path else None
+    return {"item_id": process_id, "protein_id": protein_id, "batch_id": batch_id, "stem": stem or None}

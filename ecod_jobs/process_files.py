@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import logging
 import os
-import posixpath
 import re
 import stat
 from collections import deque
@@ -31,8 +30,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
-from string import Formatter
 
 import psycopg2
 import psycopg2.extensions
@@ -41,12 +38,12 @@ from psycopg2 import sql
 from .db import Database
 from .db.bulk import copy_rows, copy_value
 from .exceptions import DatabaseError, ValidationError
+from .plan_file import PLACEHOLDERS, check_output_template, item_template_values, render_output
 
 log = logging.getLogger(__name__)
 
 # The placeholders an output template may use (the design's list): the process_status
 # id, its protein id, the batch id, and the item's file name without its last extension.
-PLACEHOLDERS = ("item_id", "protein_id", "batch_id", "stem")
 
 # One transaction-scoped lock for ecod-jobs' process_file writers. Without a unique key
 # two writers of the same new (process_id, file_type) could each find no row and each
@@ -263,82 +260,6 @@ def upsert_files(cur: psycopg2.extensions.cursor, db: Database, rows: Iterable[F
     """Update in place or insert the ``process_file`` rows of ``rows`` (see :func:`write_files`),
     in the caller's transaction; returns the number of rows written (0 when nothing changed)."""
     return write_files(cur, db, rows).written
-
-
-# --------------------------------------------------------------------------- output templates
-
-
-def _check_placeholders(template: str) -> None:
-    """ValueError for a malformed template or a placeholder that is not a plain known name
-    (no ``{stem.attr}`` or ``{stem[0]}``: a template is a path, not code)."""
-    try:
-        parsed = list(Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"output template {template!r}: {exc}") from None
-    for _, name, _, _ in parsed:
-        if name is not None and name not in PLACEHOLDERS:
-            raise ValueError(
-                f"output template {template!r}: unknown placeholder {{{name}}}"
-                f" (known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})"
-            )
-
-
-def _inside(template: str, rendered: str) -> str:
-    """``rendered``, normalised, if it names a file inside the base path; else ValueError."""
-    if not rendered or PurePosixPath(rendered).is_absolute():
-        raise ValueError(
-            f"output template {template!r} gives {rendered!r}: expected a path relative to the batch's"
-            " base path"
-        )
-    normal = posixpath.normpath(rendered)
-    if normal == "." or normal == ".." or normal.startswith("../"):
-        raise ValueError(
-            f"output template {template!r} gives {rendered!r}, which is not inside the base path"
-        )
-    return normal
-
-
-def render_output(template: str, values: Mapping[str, object]) -> str:
-    """The path (relative to the batch's base path, normalised) that ``template`` names for
-    one item; ``values`` as :func:`item_template_values` makes them.
-
-    ValueError, naming the template, for an unknown placeholder, a value the item does not
-    have (a ``{protein_id}`` of an item without one would otherwise write ``None`` into
-    a path), an absolute path, or one that ``..`` takes out of the base path: every
-    output must stay where ``files register`` and the resume check look for it.
-    """
-    formatter = Formatter()
-    _check_placeholders(template)  # the template's own errors first
-    parts: list[str] = []
-    for literal, name, spec, conversion in formatter.parse(template):
-        parts.append(literal)
-        if name is None:
-            continue
-        value = values.get(name)
-        if value is None:
-            raise ValueError(f"output template {template!r}: the item has no {{{name}}}")
-        if conversion:
-            value = formatter.convert_field(value, conversion)
-        try:
-            parts.append(format(value, spec or ""))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"output template {template!r}: {{{name}:{spec}}}: {exc}") from None
-    return _inside(template, "".join(parts))
-
-
-def check_output_template(template: str) -> None:
-    """ValueError (naming the template) if ``template`` could never give a path inside the base
-    path: for checking a configuration before any item is rendered."""
-    render_output(template, {"item_id": 1, "protein_id": 1, "batch_id": 1, "stem": "stem"})
-
-
-def item_template_values(
-    process_id: int, protein_id: int | None, batch_id: int, relative_path: str | None
-) -> dict[str, object]:
-    """An item's placeholder values. ``stem`` is the file name of ``relative_path`` without
-    its last extension (``sequences/P12345.fa`` -> ``P12345``), None without a path."""
-    stem = PurePosixPath(relative_path).stem if relative_path else None
-    return {"item_id": process_id, "protein_id": protein_id, "batch_id": batch_id, "stem": stem or None}
 
 
 # --------------------------------------------------------------------------- scanning outputs
