@@ -298,11 +298,13 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--cpus: must be at least 1" in proc.stderr
 
 
-def test_the_config_snippet_names_the_demo_commands() -> None:
+def test_the_config_names_the_demo_commands() -> None:
     import yaml
 
-    snippet = yaml.safe_load((REPO / "config" / "demo_pipeline.yml").read_text())
-    modules = {spec["command"].split()[2] for spec in snippet["job_types"].values()}
+    snippet = yaml.safe_load((REPO / "config" / "config.yml").read_text())
+    stages = snippet["pipelines"]["demo"]["stages"]
+    jobs = [snippet["job_types"][spec.get("job_type", name)] for name, spec in stages.items()]
+    modules = {spec["command"].split()[2] for spec in jobs}
     stages = ("chain_search", "domain_search", "deep_search", "summary", "partition")
     assert modules == {f"ecod_jobs.demo.{m}" for m in stages}
     assert all((REPO / (m.replace(".", "/") + ".py")).is_file() for m in modules)

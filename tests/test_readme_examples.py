@@ -301,6 +301,12 @@ def check_make(world: World, out: str) -> None:
     [demo] = world.ran
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "200 succeeded, 0 failed" in demo.stdout, demo.stdout[-3000:]
+    # the pipeline's five stages, the gated one partly skipped, and a partition per protein
+    assert re.search(r"deep_search\s+0\s+0\s+[1-9][0-9]*\s+0\s+[1-9][0-9]*\b", demo.stdout), demo.stdout
+    assert re.search(r"partition\s+0\s+0\s+200\s+0\s+0\b", demo.stdout), demo.stdout
+    assert "domain partitions written to" in demo.stdout and demo.stdout.split("domains/: ")[1].startswith(
+        "200"
+    )
     assert world.cwd is not None and (world.cwd / ".ecod_jobs" / "demo" / "report.html").is_file()
 
 
@@ -459,12 +465,68 @@ def check_dashboards(world: World, out: str) -> None:
         assert "Traceback" not in served.stdout, served.stdout
 
 
+def setup_pipeline_cli(world: World) -> None:
+    """The README's pipeline config, its commands replaced by fakes that write each declared
+    output and report the declared numbers (coverage 0.1, 0.2, 0.3 for items 1, 2, 3), over
+    batch 1 whose first two chains are representatives."""
+    import yaml
+
+    [text] = [block for block in _yaml_blocks() if block.startswith("job_types:\n  chain_blast:")]
+    example = yaml.safe_load(text)
+    for job in example["job_types"].values():
+        writes = [f'mkdir -p "$(dirname {{out[{ft}]}})" && echo x > {{out[{ft}]}}' for ft in job["outputs"]]
+        reports = [f'echo {m}=0.{{item_id}} >> "$ECOD_JOBS_METRICS"' for m in job.get("metrics", ())]
+        job["command"] = " && ".join(writes + reports)
+    config = yaml.safe_load(world.config.read_text())
+    config["job_types"].update(example["job_types"])
+    config["pipelines"] = example["pipelines"]
+    world.config.write_text(yaml.safe_dump(config))
+    world.register(1, CHAINS)
+    conn = world.conn()
+    try:
+        q_exec(conn, "UPDATE ecod_schema.process_status SET is_representative = (id <= 2)")
+    finally:
+        conn.close()
+
+
+def _yaml_blocks() -> list[str]:
+    text = README.read_text()
+    return [m.group(1) for m in re.finditer(r"```yaml\n(.*?)```", text, re.S)]
+
+
+def q_exec(conn: Any, statement: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    conn.commit()
+
+
+def check_pipeline_cli(world: World, out: str) -> None:
+    run, status, retry, rerun, register, snakemake = world.ran
+    assert run.returncode == 0 and "3 succeeded, 0 failed" in run.stdout, run.stdout + run.stderr
+    # hhsearch ran for the representatives, both below coverage 0.9; item 3 is no representative
+    assert re.search(r"hhsearch\s+0\s+0\s+2\s+0\s+1\b", status.stdout), status.stdout
+    assert re.search(r"partition\s+0\s+0\s+3\s+0\s+0\b", status.stdout), status.stdout
+    assert retry.returncode == 0 and "nothing to do" in retry.stdout, retry.stdout + retry.stderr
+    assert rerun.returncode == 0 and "3 succeeded" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert register.returncode == 0 and "14 present, 1 missing" in register.stdout, register.stdout
+    assert snakemake.returncode == 0, snakemake.stderr[-2000:]
+    conn = world.conn()
+    try:
+        stages = dict(q(conn, "SELECT current_stage, count(*) FROM ecod_schema.process_status GROUP BY 1"))
+        assert stages == {"domain_partition_complete": 3}
+    finally:
+        conn.close()
+
+
 RUN_BATCH_CLI = (
     "sh: ecod-jobs batch create --name pdb_2026_11 --items chains.tsv --base-path /data/ecod/batch_031"
 )
 JOB_MANAGER = "python: from ecod_jobs import create_job_manager"
 
 EXAMPLES: dict[str, Example] = {
+    "sh: ecod-jobs run --batch 1 --pipeline ecod # add --profile slurm on the cluster": Example(
+        check_pipeline_cli, setup_pipeline_cli, slow=True
+    ),
     "sh: make demo # a demo batch of real proteins on the embedded PostgreSQL": Example(
         check_make, setup_make, slow=True
     ),
