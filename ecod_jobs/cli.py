@@ -309,7 +309,8 @@ def cmd_files_register(args: argparse.Namespace, config: dict[str, Any]) -> int:
     print(
         f"batch {args.batch}: {found['files']} outputs of {found['items']} items scanned:"
         f" {found['present']} present, {found['missing']} missing;"
-        f" process_file: {found['inserted']} rows added, {found['updated']} updated, {found['unchanged']} unchanged"
+        f" process_file: {found['inserted']} rows added, {found['updated']} updated,"
+        f" {found['unchanged']} unchanged"
     )
     return 0
 

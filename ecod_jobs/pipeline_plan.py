@@ -471,8 +471,9 @@ def _stage_plan(
 # --------------------------------------------------------------------------- 3. its outcome
 
 
-def collect_window(run: RunLayout, stage: str, window: str) -> int:
-    """Step 3: the stage's outcome for every item of the window; returns the items run."""
+def collect_window(run: RunLayout, stage: str, window: str, log_path: str | None = None) -> int:
+    """Step 3: the stage's outcome for every item of the window; returns the items run
+    (also written to ``log_path``)."""
     sub = run.stage_run(stage, window)
     plan = Plan.read(sub)
     results: dict[int, Mapping[str, Any]] = {}
@@ -499,4 +500,6 @@ def collect_window(run: RunLayout, stage: str, window: str) -> int:
                 }
             )
     write_jsonl_atomic(run.outcome(stage, window), outcome)
+    if log_path is not None:
+        Path(log_path).write_text(f"{stage} {window}: {len(results)} of {len(outcome)} items ran\n")
     return len(results)

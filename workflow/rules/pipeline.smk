@@ -55,7 +55,9 @@ rule collect:
         results=stage_window_results,
     output:
         outcome=f"{WORK}/runs/{{run}}/stages/{{stage}}/{{window}}.outcome.jsonl",
+    log:
+        f"{WORK}/runs/{{run}}/logs/collect.{{stage}}.{{window}}.log",
     wildcard_constraints:
         window=r"w[0-9]+",
     run:
-        collect_window(CTX.batch_layout.run(wildcards.run), wildcards.stage, wildcards.window)
+        collect_window(CTX.batch_layout.run(wildcards.run), wildcards.stage, wildcards.window, log[0])
