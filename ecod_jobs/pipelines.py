@@ -137,7 +137,13 @@ def topological_order(after: Mapping[str, Sequence[str]]) -> list[str] | list[li
     for node in after:
         if (cycle := visit(node)) is not None:
             return [cycle]
-    return order
+    # No cycle: the order itself, earliest-declared ready stage first (Kahn), so that a
+    # stage listed before another it does not depend on stays before it.
+    placed: list[str] = []
+    while len(placed) < len(order):
+        ready = next(n for n in after if n not in placed and all(d in placed for d in after[n] if d in after))
+        placed.append(ready)
+    return placed
 
 
 def pipeline_problems(config: Mapping[str, Any]) -> list[tuple[list[str | int], str]]:
