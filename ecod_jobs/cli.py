@@ -337,7 +337,7 @@ def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
     given = args.output or f"batch_{args.batch}_report.html"
     out = report_target(given)  # refused before the database is read or anything written
     db = require_schema(Database(config))
-    write_report(db, args.batch, out)
+    write_report(db, args.batch, out, config)
     via = f" (through the symlink {given})" if Path(given).is_symlink() else ""
     print(f"batch {args.batch}: report written to {out}{via}")
     return 0
@@ -359,7 +359,7 @@ def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 flush=True,
             )
 
-    serve(Database(config), args.host, args.port, announce=banner)
+    serve(Database(config), args.host, args.port, announce=banner, config=config)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -94,3 +95,103 @@ def test_resource_advice() -> None:
 def test_suggested_time_is_slurm_time(seconds: float, text: str) -> None:
     fit = resource_fit([job(1, "n1", None, None, elapsed_seconds=seconds)])
     assert fit["runtime"]["suggested_text"] == text
+
+
+# --------------------------------------------------------------------------- the stage graph
+
+
+def stage(name: str, after: list[str], **counts: int) -> dict[str, Any]:
+    return {"name": name, "after": after, "counts": {"pending": 0, "running": 0, **counts}}
+
+
+# test_pipeline_run's shape: fan-out, a gated stage, a fan-in, a chain; domain -> summary spans two columns
+STAGES = [
+    stage("chain", [], success=12),
+    stage("domain", [], success=11, error=1),
+    stage("deep", ["chain", "domain"], success=4, skipped=7, pending=1),
+    stage("summary", ["domain", "deep"], success=11, pending=1),
+    stage("partition", ["summary"], success=10, running=1, pending=1),
+]
+
+
+def inside(x: float, y: float, node: dict[str, Any]) -> bool:
+    return node["x"] < x < node["x"] + node["w"] and node["y"] < y < node["y"] + node["h"]
+
+
+def path_points(path: str, steps: int = 20) -> list[tuple[float, float]]:
+    """Points along an SVG path of M, L and C commands (each cubic sampled ``steps`` times)."""
+    points: list[tuple[float, float]] = []
+    for command, args in re.findall(r"([MLC])([^MLC]*)", path):
+        xy = [(float(x), float(y)) for x, y in re.findall(r"(-?[\d.]+),(-?[\d.]+)", args)]
+        if command == "C":
+            (x0, y0), ((x1, y1), (x2, y2), (x3, y3)) = points[-1], xy
+            for k in range(1, steps + 1):
+                t = k / steps
+                a, b, c, d = (1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t * t * (1 - t), t**3
+                points.append((a * x0 + b * x1 + c * x2 + d * x3, a * y0 + b * y1 + c * y2 + d * y3))
+        else:
+            points.extend(xy)
+    return points
+
+
+def test_graph_puts_each_stage_right_of_what_it_waits_for() -> None:
+    from ecod_jobs.insight.graph import layers, pipeline_graph
+
+    assert layers(STAGES) == {"chain": 0, "domain": 0, "deep": 1, "summary": 2, "partition": 3}
+    graph = pipeline_graph(STAGES)
+    nodes = {n["stage"]: n for n in graph["nodes"]}
+    assert list(nodes) == ["chain", "domain", "deep", "summary", "partition"]
+    assert [(e["from"], e["to"]) for e in graph["edges"]] == [
+        ("chain", "deep"),
+        ("domain", "deep"),
+        ("domain", "summary"),
+        ("deep", "summary"),
+        ("summary", "partition"),
+    ]
+    for e in graph["edges"]:
+        up, down = nodes[e["from"]], nodes[e["to"]]
+        assert up["x"] + up["w"] < down["x"]
+        points = path_points(e["path"])
+        # from the upstream box's right side to the arrow at the downstream box's left side
+        assert points[0][0] == up["x"] + up["w"] and up["y"] < points[0][1] < up["y"] + up["h"]
+        tip = path_points("M" + e["arrow"])[0]  # a polygon's points, its tip first
+        assert tip[0] == down["x"] and down["y"] < tip[1] < down["y"] + down["h"]
+        # never through another stage's box: domain -> summary goes round deep (its waypoint)
+        others = [n for n in nodes.values() if n["stage"] not in (e["from"], e["to"])]
+        assert not [(p, n["stage"]) for p in points for n in others if inside(*p, n)], e
+    boxes = list(nodes.values())
+    for i, a in enumerate(boxes):
+        assert a["x"] >= 0 and a["x"] + a["w"] <= graph["width"] and a["y"] + a["h"] <= graph["height"]
+        for b in boxes[i + 1 :]:
+            apart = a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+            assert apart or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"], (a["stage"], b["stage"])
+
+
+def test_graph_nodes_show_their_counts() -> None:
+    from ecod_jobs.insight.graph import STATUS_COLOURS, pipeline_graph
+
+    nodes = {n["stage"]: n for n in pipeline_graph(STAGES)["nodes"]}
+    assert [line["text"] for line in nodes["deep"]["lines"]] == [
+        "deep",
+        "4 ok / 0 err / 7 skipped",
+        "1 pending",
+    ]
+    assert [line["text"] for line in nodes["chain"]["lines"]] == ["chain", "12 ok / 0 err / 0 skipped"]
+    assert nodes["partition"]["lines"][2]["text"] == "1 running / 1 pending"
+    assert nodes["domain"]["failed"] and not nodes["chain"]["failed"]
+    # the stacked bar: one segment per status present, in proportion, filling the bar
+    deep = nodes["deep"]
+    assert [(s["status"], s["count"]) for s in deep["segments"]] == [
+        ("success", 4),
+        ("skipped", 7),
+        ("pending", 1),
+    ]
+    assert [s["colour"] for s in deep["segments"]] == [
+        STATUS_COLOURS[s] for s in ("success", "skipped", "pending")
+    ]
+    assert sum(s["w"] for s in deep["segments"]) == pytest.approx(deep["bar"]["w"], abs=0.05)
+    assert deep["segments"][1]["w"] == pytest.approx(deep["bar"]["w"] * 7 / 12, abs=0.01)
+    # one stage alone, and an empty pipeline, still lay out
+    [lone] = pipeline_graph([stage("only", [])])["nodes"]
+    assert lone["segments"] == [] and lone["lines"][1]["text"] == "0 ok / 0 err / 0 skipped"
+    assert pipeline_graph([]) == {"width": 24, "height": 24, "nodes": [], "edges": []}

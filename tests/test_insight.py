@@ -24,8 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, connect_scratch, create_batch, free_port, q, run_cli, wait_for, write_config
+from helpers import (
+    REPO,
+    connect_scratch,
+    create_batch,
+    free_port,
+    q,
+    run_cli,
+    wait_for,
+    write_config,
+    write_items,
+)
 
+from ecod_jobs.insight import figures
 from ecod_jobs.launch import run_batch
 
 HOSTILE_NAME = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
@@ -86,6 +97,7 @@ def page_state(browser: Any) -> dict[str, Any]:
             " name: (document.getElementById('batch-name') || {}).textContent || null,"
             " live: !!document.getElementById('live'),"
             " plots: document.querySelectorAll('.figure .main-svg').length,"
+            " stage_parts: document.querySelectorAll('#section-stages *, svg.pipeline-graph').length,"
             " text: document.body.innerText}"
         )
     )
@@ -113,6 +125,7 @@ def test_report_of_a_finished_run(
     assert counts == {"success": 12, "error": 2}  # items 3 and 13
     assert {k: v for k, v in view["by_status"].items() if v} == counts
     assert view["total"] == 14 and view["finished"] == 14 and view["progress"] == 1.0
+    assert view["stages"] is None  # no pipeline ran: no stage section at all
     assert view["batch"]["name"] == HOSTILE_NAME
     [group] = view["failures"]["groups"]
     assert group["count"] == 2 and group["error"] == f"exit code 3: {HOSTILE_ERROR}"
@@ -154,6 +167,7 @@ def test_report_of_a_finished_run(
     assert state["progress"] == view["progress"]
     assert f"exit code 3: {HOSTILE_ERROR}" in state["text"]
     assert "14 of 14 items finished (100%), 2 failed" in state["text"]
+    assert state["stage_parts"] == 0 and "Pipeline stages" not in state["text"]
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert [u for u in fetched if not u.startswith(("file:", "data:"))] == []
     browser.save_screenshot(str(artifacts / "report.png"))
@@ -245,6 +259,7 @@ def test_dashboard_api_and_page(
         assert status == 200
         assert {k: v for k, v in view["by_status"].items() if v} == counts
         assert set(view["figures"]) == {"timeline", "runtime", "memory"}
+        assert view["stages"] is None
         assert view["failures"]["groups"][0]["error"] == f"exit code 3: {HOSTILE_ERROR}"
         status, failed = get(f"{url}/api/batches/{batch_id}/failed?limit=5")
         assert status == 200 and [i["error"] for i in failed["items"]] == [f"exit code 3: {HOSTILE_ERROR}"]
@@ -263,6 +278,7 @@ def test_dashboard_api_and_page(
         assert state["pwned"] is None and state["name"] == HOSTILE_NAME
         assert f"exit code 3: {HOSTILE_ERROR}" in state["text"]
         assert "9 of 12 items finished (75%), 1 failed" in state["text"]
+        assert state["stage_parts"] == 0 and "Pipeline stages" not in state["text"]
         browser.save_screenshot(str(artifacts / "dashboard-batch.png"))
 
         browser.get(url)
@@ -310,3 +326,234 @@ def test_dashboard_follows_a_live_run(
     assert live_seen, "the page showed the run as live"
     assert seen == sorted(seen), f"progress only grows: {seen}"
     assert [p for p in seen if 0 < p < 1], f"the page showed progress while the run went on: {seen}"
+
+
+# --------------------------------------------------------------------------- pipeline stages
+
+# A small pipeline of test_pipeline_run's stage.sh: two searches (fan-out), a gated stage,
+# a fan-in whose domain -> summary edge spans a column. 6 items, 1-4 representatives;
+# item 3 fails domain, so its deep and summary never run.
+PIPELINE_STAGES = {
+    "chain": {},
+    "domain": {},
+    "deep": {"after": ["chain", "domain"], "when": "is_representative and domain.coverage < 0.5"},
+    "summary": {"after": ["domain", "deep"], "if_upstream_skipped": "run"},
+}
+EDGES = {("chain", "deep"), ("domain", "deep"), ("domain", "summary"), ("deep", "summary")}
+STAGE_COUNTS = {
+    "chain": {"pending": 0, "running": 0, "success": 6, "error": 0, "skipped": 0},
+    "domain": {"pending": 0, "running": 0, "success": 5, "error": 1, "skipped": 0},
+    "deep": {"pending": 1, "running": 0, "success": 3, "error": 0, "skipped": 2},  # 5, 6: gated out
+    "summary": {"pending": 1, "running": 0, "success": 5, "error": 0, "skipped": 0},
+}
+HOSTILE_DESCRIPTION = '<img src=x onerror="window.__pwned=4"> searches, then the rest'
+
+
+def setup_pipeline(tmp_path: Path, scratch_db: dict[str, Any], run: bool = True) -> tuple[Path, int]:
+    """The batch, run once through the CLI (exit 1: an item failed) unless not ``run``."""
+    from test_pipeline_run import STAGE_SCRIPT, stage_job
+
+    (tmp_path / "stage.sh").write_text(STAGE_SCRIPT)
+    (tmp_path / "fail").mkdir()
+    (tmp_path / "fail" / "domain.3").touch()
+    (tmp_path / "base" / "data").mkdir(parents=True)
+    cfg = write_config(
+        tmp_path / "config.yml",
+        {
+            "database": scratch_db,
+            "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
+            "job_types": {
+                name: stage_job(tmp_path, name, f"{name}_result", batch_size=size)
+                for name, size in (("chain", 3), ("domain", 2), ("deep", 1), ("summary", 6))
+            },
+            "pipelines": {"full": {"description": HOSTILE_DESCRIPTION, "stages": PIPELINE_STAGES}},
+        },
+    )
+    items = write_items(tmp_path / "items.tsv", [f"data/chain{i}.fa" for i in range(1, 7)])
+    batch_id = create_batch(cfg, items, HOSTILE_NAME, tmp_path / "base")
+    q(
+        connect_scratch(scratch_db),
+        "UPDATE ecod_schema.process_status SET is_representative = (id <= 4) RETURNING id",
+    )
+    if not run:
+        return cfg, batch_id
+    ran = run_cli(
+        "--config", str(cfg), "run", "--batch", str(batch_id), "--pipeline", "full",
+        cwd=tmp_path, env={"ECOD_TEST_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    return cfg, batch_id
+
+
+def stage_state(browser: Any) -> dict[str, Any] | None:
+    """What the page shows of pipeline 'full': its table's numbers, and its SVG graph's
+    nodes (texts, boxes) and edges (end points; stages whose boxes an edge crosses)."""
+    return browser.execute_script(  # type: ignore[no-any-return]
+        """
+        const table = document.getElementById('stages-full'), svg = document.getElementById('graph-full');
+        if (!table || !svg) return null;
+        const rows = {};
+        for (const tr of table.querySelectorAll('tbody tr')) {
+          rows[tr.dataset.stage] = {};
+          for (const td of tr.querySelectorAll('td[data-status]'))
+            rows[tr.dataset.stage][td.dataset.status] = Number(td.textContent.replace(/,/g, ''));
+        }
+        const nodes = {}, boxes = {};
+        for (const g of svg.querySelectorAll('g.stage-node')) {
+          const m = g.transform.baseVal.consolidate().matrix, r = g.querySelector('rect.box');
+          boxes[g.dataset.stage] = {x: m.e, y: m.f, w: r.width.baseVal.value, h: r.height.baseVal.value};
+          nodes[g.dataset.stage] = Array.from(g.querySelectorAll('text'), (t) => t.textContent);
+        }
+        const inside = (p, b) => b.x < p.x && p.x < b.x + b.w && b.y < p.y && p.y < b.y + b.h;
+        const edges = Array.from(svg.querySelectorAll('g.stage-edge'), (g) => {
+          const path = g.querySelector('path'), length = path.getTotalLength();
+          const crosses = new Set();
+          for (let d = 0; d <= length; d += 2) {
+            const p = path.getPointAtLength(d);
+            for (const [stage, b] of Object.entries(boxes)) if (inside(p, b)) crosses.add(stage);
+          }
+          const tip = g.querySelector('polygon').points[0], start = path.getPointAtLength(0);
+          return {from: g.dataset.from, to: g.dataset.to, start: [start.x, start.y], tip: [tip.x, tip.y],
+                  crosses: Array.from(crosses)};
+        });
+        return {rows, nodes, boxes, edges, drawn: svg.getBoundingClientRect().width,
+                text: document.getElementById('section-stages').innerText};
+        """
+    )
+
+
+def assert_stages_shown(state: dict[str, Any]) -> None:
+    assert state["rows"] == STAGE_COUNTS
+    assert state["nodes"] == {
+        "chain": ["chain", "6 ok / 0 err / 0 skipped"],
+        "domain": ["domain", "5 ok / 1 err / 0 skipped"],
+        "deep": ["deep", "3 ok / 0 err / 2 skipped", "1 pending"],
+        "summary": ["summary", "5 ok / 0 err / 0 skipped", "1 pending"],
+    }
+    assert {(e["from"], e["to"]) for e in state["edges"]} == EDGES and len(state["edges"]) == len(EDGES)
+    boxes = state["boxes"]
+    for e in state["edges"]:
+        up, down = boxes[e["from"]], boxes[e["to"]]
+        assert (
+            e["start"][0] == pytest.approx(up["x"] + up["w"]) and up["y"] < e["start"][1] < up["y"] + up["h"]
+        )
+        assert e["tip"][0] == pytest.approx(down["x"]) and down["y"] < e["tip"][1] < down["y"] + down["h"]
+        assert e["crosses"] == [], f"{e['from']} -> {e['to']} crosses a stage's box"
+    # columns: each stage right of what it waits for, the fan-out side by side
+    assert boxes["chain"]["x"] == boxes["domain"]["x"] < boxes["deep"]["x"] < boxes["summary"]["x"]
+    assert state["drawn"] > 0
+    assert (
+        HOSTILE_DESCRIPTION in state["text"]
+        and "is_representative and domain.coverage < 0.5" in state["text"]
+    )
+
+
+def test_report_and_dashboard_show_pipeline_stages(
+    tmp_path: Path, scratch_db: dict[str, Any], browser: Any, artifacts: Path
+) -> None:
+    from ecod_jobs.config import load_config
+    from ecod_jobs.db import Database
+    from ecod_jobs.pipeline_sync import stage_counts
+
+    cfg, batch_id = setup_pipeline(tmp_path, scratch_db)
+    assert stage_counts(Database(load_config(cfg)), batch_id) == STAGE_COUNTS  # what the pages must show
+
+    out = tmp_path / "report.html"
+    done = run_cli("--config", str(cfg), "report", "--batch", str(batch_id), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    html = out.read_text()
+    assert "<img src=x" not in html
+    view = embedded_data(html)
+    [pipeline] = view["stages"]["pipelines"]
+    assert pipeline["name"] == "full" and pipeline["description"] == HOSTILE_DESCRIPTION
+    assert {s["name"]: s["counts"] for s in pipeline["stages"]} == STAGE_COUNTS
+    assert [s["name"] for s in pipeline["stages"]] == list(PIPELINE_STAGES)
+    assert {(e["from"], e["to"]) for e in pipeline["graph"]["edges"]} == EDGES
+    assert view["stages"]["unconfigured"] == [] and view["stages"]["other_stages"] == []
+
+    browser.get(out.as_uri())
+    state = wait_for(lambda: stage_state(browser), 30, "the report's stage graph")
+    assert_stages_shown(state)
+    assert page_state(browser)["pwned"] is None
+    browser.save_screenshot(str(artifacts / "report-stages.png"))
+
+    with dashboard(cfg, tmp_path) as url:
+        status, api = get(f"{url}/api/batches/{batch_id}")
+        assert status == 200
+        assert {s["name"]: s["counts"] for s in api["stages"]["pipelines"][0]["stages"]} == STAGE_COUNTS
+        browser.get(f"{url}/batches/{batch_id}")
+        state = wait_for(lambda: stage_state(browser), 30, "the dashboard's stage graph")
+        assert_stages_shown(state)
+        assert page_state(browser)["pwned"] is None
+        browser.save_screenshot(str(artifacts / "dashboard-stages.png"))
+
+    # a config without the pipeline: the stages' numbers stay, by name, with no graph
+    import yaml
+
+    data = yaml.safe_load(cfg.read_text())
+    del data["pipelines"]
+    bare = write_config(tmp_path / "bare.yml", data)
+    out = tmp_path / "bare.html"
+    assert run_cli("--config", str(bare), "report", "--batch", str(batch_id), "-o", str(out)).returncode == 0
+    stages = embedded_data(out.read_text())["stages"]
+    assert stages["pipelines"] == [] and stages["unconfigured"] == ["full"]
+    assert {s["name"]: s["counts"] for s in stages["other_stages"]} == STAGE_COUNTS
+    browser.get(out.as_uri())
+    shown = wait_for(
+        lambda: browser.execute_script(
+            "const t = document.getElementById('stages-other');"
+            "return t && {rows: t.querySelectorAll('tbody tr').length,"
+            " graphs: document.querySelectorAll('svg.pipeline-graph').length,"
+            " note: document.getElementById('stages-unconfigured').textContent}"
+        ),
+        30,
+        "the stages of a pipeline the config does not define",
+    )
+    assert shown["rows"] == 4 and shown["graphs"] == 0 and "pipeline full" in shown["note"]
+
+
+def test_stage_view_of_pipelines_under_way_and_gone(tmp_path: Path, scratch_db: dict[str, Any]) -> None:
+    """Without a run: recorded runs and item-stages as a pipeline leaves them midway."""
+    from ecod_jobs.config import load_config
+    from ecod_jobs.db import Database
+    from ecod_jobs.insight import data
+
+    cfg, batch_id = setup_pipeline(tmp_path, scratch_db, run=False)
+    config = load_config(cfg)
+    db = Database(config)
+    assert data.stage_view(db, batch_id, config, 6) is None  # no pipeline ran
+    conn = connect_scratch(scratch_db)
+    for n, job_type in enumerate(("scan", "pipeline.full", "pipeline.gone")):
+        q(
+            conn,
+            "INSERT INTO ecod_schema.ecod_jobs_run (run_id, batch_id, job_type, started_at)"
+            " VALUES (gen_random_uuid(), %s, %s, now() + make_interval(secs => %s)) RETURNING run_id",
+            batch_id, job_type, n,
+        )  # fmt: skip
+    assert data.pipelines_run(db, batch_id) == ["gone", "full"]  # the latest run's first; not 'scan'
+    rows = [(1, "chain", "success"), (2, "chain", "success"), (3, "chain", "running"), (1, "old", "error")]
+    for pid, stage_name, status in rows:
+        q(
+            conn,
+            "INSERT INTO ecod_schema.ecod_jobs_item_stage (process_id, stage, batch_id, status)"
+            " VALUES (%s, %s, %s, %s) RETURNING process_id",
+            pid, stage_name, batch_id, status,
+        )  # fmt: skip
+    view = data.stage_view(db, batch_id, config, 6)
+    assert view is not None
+    [full] = view["pipelines"]
+    assert [s["name"] for s in full["stages"]] == ["chain", "domain", "deep", "summary"]
+    counts = {s["name"]: s["counts"] for s in full["stages"]}
+    assert counts["chain"] == {"pending": 3, "running": 1, "success": 2, "error": 0, "skipped": 0}
+    # a stage no item has reached yet: every item waits for it
+    assert counts["domain"] == {"pending": 6, "running": 0, "success": 0, "error": 0, "skipped": 0}
+    deep = full["stages"][2]
+    assert deep["after"] == ["chain", "domain"] and deep["when"] == PIPELINE_STAGES["deep"]["when"]
+    assert full["stages"][3]["if_upstream_skipped"] == "run" and full["stages"][0]["progress"] == 2 / 6
+    # 'gone' is not in the config: its stages ('old' here) by name, with no graph
+    assert view["unconfigured"] == ["gone"]
+    assert [(s["name"], s["counts"]["error"], s["counts"]["pending"]) for s in view["other_stages"]] == [
+        ("old", 1, 5)
+    ]
+    graph = figures.attach(data.batch_view(db, batch_id, config=config))["stages"]["pipelines"][0]["graph"]
+    assert [n["stage"] for n in graph["nodes"]] == ["chain", "domain", "deep", "summary"]

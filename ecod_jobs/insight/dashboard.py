@@ -3,7 +3,7 @@
     GET /                                 the batch list (page)
     GET /batches/{id}                     one batch (page)
     GET /api/batches                      batches with counts and progress
-    GET /api/batches/{id}                 one batch: counts, jobs, plots, failures, runs
+    GET /api/batches/{id}                 one batch: counts, stages, jobs, plots, failures, runs
     GET /api/batches/{id}/failed          failed items, ``?limit=`` (<= 1000) and ``?offset=``
     GET /static/{name}                    view.js, style.css, plotly.min.js (from the plotly wheel)
 
@@ -18,7 +18,7 @@ import errno
 import functools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -69,8 +69,11 @@ def allowed_hosts(bind: str) -> list[str]:
     return sorted({*LOCAL_NAMES, bind})
 
 
-def create_app(db: Database, hosts: list[str] | None = None) -> Starlette:
-    """The dashboard over ``db`` (whose connections should be read-only: see ``serve``)."""
+def create_app(
+    db: Database, hosts: list[str] | None = None, config: Mapping[str, Any] | None = None
+) -> Starlette:
+    """The dashboard over ``db`` (whose connections should be read-only: see ``serve``);
+    ``config`` defines the pipelines whose graphs a batch page draws."""
 
     def page(request: Request) -> HTMLResponse:
         batch_id = request.path_params.get("batch_id")
@@ -93,7 +96,9 @@ def create_app(db: Database, hosts: list[str] | None = None) -> Starlette:
 
     def api_batch(request: Request) -> JSONResponse:
         with snapshot(db) as snap:
-            view = data.batch_view(snap, request.path_params["batch_id"], jobs_limit=DASHBOARD_JOB_LIMIT)
+            view = data.batch_view(
+                snap, request.path_params["batch_id"], jobs_limit=DASHBOARD_JOB_LIMIT, config=config
+            )
         return _json(figures.attach(view))
 
     def api_failed(request: Request) -> JSONResponse:
@@ -178,7 +183,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    db: Database, host: str = "127.0.0.1", port: int = 8050, announce: Callable[[], None] | None = None
+    db: Database,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    announce: Callable[[], None] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve the dashboard until interrupted; ``announce`` runs once the port is bound and
     the schema checked, so that its banner is never printed for a server that cannot start."""
@@ -186,7 +195,7 @@ def serve(
 
     sock = bind(host, port)
     try:
-        app = create_app(read_only(db), allowed_hosts(host))
+        app = create_app(read_only(db), allowed_hosts(host), config)
         if announce is not None:
             announce()
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

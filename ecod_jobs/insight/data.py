@@ -3,6 +3,9 @@
 Every function is bounded whatever the batch size: item counts come from the
 count table kept by triggers (schema version 5), chunk jobs and failed items are
 read with limits, and only the report's slowest-items list scans a batch's items.
+The one exception is :func:`stage_view`, for batches that ran a pipeline: its
+counts per stage and status read the batch's item-stages (an index-only scan of
+``ecod_jobs_item_stage_batch_idx``), as ``ecod-jobs status`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .. import run_record
 from ..config import seconds_to_time
 from ..db import Database, job_counts, ordered_counts, require_batch, status_counts
 from ..db import require_schema as require_db_schema
+from ..exceptions import ConfigurationError
+from ..pipelines import pipeline_spec, stage_order
 from ..plan import resolve_item_path
 from ..run_record import LEASE_SECONDS
 
@@ -283,8 +288,96 @@ def resource_fit(jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def batch_view(db: Database, batch_id: int, *, jobs_limit: int = JOB_LIMIT) -> dict[str, Any]:
-    """Everything the dashboard's batch page shows (and the report, with ``report_extras``)."""
+PIPELINE_PREFIX = "pipeline."  # a pipeline run's ecod_jobs_run.job_type: pipeline.NAME
+STAGE_STATUSES = ("pending", "running", "success", "error", "skipped")
+
+
+def pipelines_run(db: Database, batch_id: int) -> list[str]:
+    """The pipelines the batch ran (from its runs' ``job_type``), the latest run's first."""
+    rows = db.query(
+        sql.SQL(
+            "SELECT substr(job_type, %s), max(started_at) FROM {} WHERE batch_id = %s AND job_type LIKE %s"
+            " GROUP BY 1 ORDER BY 2 DESC NULLS LAST, 1"
+        ).format(db.table("ecod_jobs_run")),
+        (len(PIPELINE_PREFIX) + 1, batch_id, PIPELINE_PREFIX + "%"),  # no LIKE wildcard in the prefix
+    )
+    return [name for name, _ in rows]
+
+
+def _stage_row(name: str, counts: Mapping[str, int], **definition: Any) -> dict[str, Any]:
+    total = sum(counts.values())
+    finished = counts["success"] + counts["error"] + counts["skipped"]
+    return {
+        "name": name,
+        **definition,
+        "counts": dict(counts),
+        "total": total,
+        "finished": finished,
+        "progress": finished / total if total else 0.0,
+    }
+
+
+def stage_view(
+    db: Database, batch_id: int, config: Mapping[str, Any] | None, total_items: int
+) -> dict[str, Any] | None:
+    """Per-stage progress of the pipelines the batch ran, with each pipeline's definition
+    from ``config`` (for its graph); None for a batch that never ran a pipeline, whose
+    pages then look as they always did.
+
+    A pipeline the config no longer defines has no graph: its stages (those with
+    item-stage rows that no configured pipeline has) are listed under ``other_stages``.
+    """
+    names = pipelines_run(db, batch_id)
+    if not names:
+        return None
+    # Here, not at the top: pipeline_sync brings the writers (process_files), which a
+    # batch without pipelines never needs (as launch.batch_status imports it).
+    from ..pipeline_sync import stage_counts
+
+    config = config or {}
+    try:
+        order = stage_order(config)
+    except ConfigurationError:  # a config that does not load its pipelines: rows only
+        order = []
+    counts = stage_counts(db, batch_id, order=order)
+    # A stage no item has reached yet has no rows: all of the batch's items wait for it.
+    waiting = dict.fromkeys(STAGE_STATUSES, 0) | {"pending": total_items}
+    pipelines, unconfigured, shown = [], [], set()
+    for name in names:
+        try:
+            spec = pipeline_spec(config, name)
+        except ConfigurationError:
+            unconfigured.append(name)
+            continue
+        body = config["pipelines"][name]
+        stages = []
+        for stage in spec.stages:
+            raw = body["stages"][stage.name] or {}
+            stages.append(
+                _stage_row(
+                    stage.name,
+                    counts.get(stage.name, waiting),
+                    job_type=raw.get("job_type", stage.name),
+                    after=list(stage.after),
+                    when=raw.get("when"),
+                    if_upstream_skipped=stage.if_upstream_skipped,
+                )
+            )
+            shown.add(stage.name)
+        pipelines.append({"name": name, "description": body.get("description"), "stages": stages})
+    other = [_stage_row(name, c) for name, c in counts.items() if name not in shown]
+    return {"pipelines": pipelines, "unconfigured": unconfigured, "other_stages": other}
+
+
+def batch_view(
+    db: Database,
+    batch_id: int,
+    *,
+    jobs_limit: int = JOB_LIMIT,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything the dashboard's batch page shows (and the report, with ``report_extras``);
+    ``config`` defines the pipelines whose graphs ``stages`` shows."""
     batch = require_batch(db, batch_id)
     progress = _progress(status_counts(db, batch_id))
     jobs = chunk_jobs(db, batch_id, jobs_limit)
@@ -315,4 +408,5 @@ def batch_view(db: Database, batch_id: int, *, jobs_limit: int = JOB_LIMIT) -> d
         "failures": failures(db, batch_id, batch.base_path, progress["by_status"]["error"]),
         "failed_items": failed_items(db, batch_id, batch.base_path, limit=100),
         "runs": run_list,
+        "stages": stage_view(db, batch_id, config, progress["total"]),
     }

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .graph import pipeline_graph
+
 OUTCOME_COLOURS = {"completed": "#2e8b57", "failed": "#c0392b", "submitted": "#3b7dd8"}
 OUTCOME_NAMES = {"completed": "completed", "failed": "failed", "submitted": "running or queued"}
 _LAYOUT = {"margin": {"l": 70, "r": 20, "t": 50, "b": 50}, "height": 360}
@@ -188,7 +190,10 @@ def figures(view: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def attach(view: dict[str, Any], table_rows: int = 200) -> dict[str, Any]:
-    """Add the plots to a batch view; keep only the latest ``table_rows`` jobs for its table."""
+    """Add the plots (and each pipeline's stage graph) to a batch view; keep only the
+    latest ``table_rows`` jobs for its table."""
     view["figures"] = figures(view)
+    for pipeline in (view.get("stages") or {}).get("pipelines", ()):
+        pipeline["graph"] = pipeline_graph(pipeline["stages"])
     view["jobs"] = view["jobs"][-table_rows:]
     return view

@@ -14,6 +14,7 @@ import getpass
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -53,10 +54,11 @@ def plotly_js() -> str:
     return str(get_plotlyjs())
 
 
-def report_view(db: Database, batch_id: int) -> dict[str, Any]:
-    """The batch view plus what only the report shows (slowest items, who made it)."""
+def report_view(db: Database, batch_id: int, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The batch view plus what only the report shows (slowest items, who made it);
+    ``config`` defines the pipelines whose graphs it draws."""
     with snapshot(db) as snap:
-        view = data.batch_view(snap, batch_id, jobs_limit=REPORT_JOB_LIMIT)
+        view = data.batch_view(snap, batch_id, jobs_limit=REPORT_JOB_LIMIT, config=config)
         view["slowest_items"] = data.slowest_items(snap, batch_id, view["batch"]["base_path"])
     figures.attach(view, table_rows=1000)
     view["generated"] = {
@@ -111,10 +113,10 @@ def _bad(text: str, problem: str) -> ValidationError:
     return ValidationError(f"--output {text}: {problem}", {"output": text})
 
 
-def write_report(db: Database, batch_id: int, out: Path) -> Path:
+def write_report(db: Database, batch_id: int, out: Path, config: Mapping[str, Any] | None = None) -> Path:
     """Render the batch's report to ``out`` atomically (a reader never sees half a file).
     ``out`` is what :func:`report_target` returned."""
-    text = render_report(report_view(db, batch_id))
+    text = render_report(report_view(db, batch_id, config))
     try:
         write_atomic(out, text, mode=0o644)
     except OSError as exc:  # e.g. /proc/x: nothing was written (the temp file is removed)

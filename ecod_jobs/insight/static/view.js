@@ -55,7 +55,8 @@ const ECOD = (() => {
     return el("section", {}, el("h2", {}, title), ...children);
   }
 
-  const SECTIONS = ["summary", "plots", "resources", "slowest", "failures", "jobs", "runs"];
+  // "stages" stays an empty div for a batch that never ran a pipeline: its page looks as before.
+  const SECTIONS = ["summary", "stages", "plots", "resources", "slowest", "failures", "jobs", "runs"];
 
   function skeleton(root) {
     root.replaceChildren();
@@ -95,6 +96,101 @@ const ECOD = (() => {
         ` completed, ${num(v.job_counts.failed)} failed` +
         (v.jobs_shown >= v.jobs_limit ? ` (plots show the latest ${num(v.jobs_limit)})` : ""))
     );
+  }
+
+  // Per-stage progress of pipeline runs: a table per pipeline and its graph, whose
+  // layout (boxes, text lines, bar segments, edge paths) comes laid out from the server.
+  const STAGE_STATUSES = ["pending", "running", "success", "error", "skipped"];
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined) continue;
+      if (key === "text") node.textContent = String(value);
+      else node.setAttribute(key, String(value));
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  function stackBar(s) {
+    const bar = el("div", { class: "stackbar", title: STAGE_STATUSES.map((k) => `${num(s.counts[k])} ${k}`).join(", ") });
+    for (const k of ["success", "error", "skipped", "running", "pending"]) {
+      if (!s.counts[k] || !s.total) continue;
+      const seg = el("span", { class: `seg-${k}` });
+      seg.style.width = `${(100 * s.counts[k]) / s.total}%`;
+      bar.append(seg);
+    }
+    return bar;
+  }
+
+  function stageTable(id, stages, defined) {
+    const columns = [["stage", (s) => s.name]];
+    if (defined) {
+      columns.push(["job type", (s) => s.job_type], ["after", (s) => (s.after.length ? s.after.join(", ") : "-")],
+        ["when", (s) => s.when || "-"]);
+    }
+    const table = el("table", { id, class: "stages" },
+      el("thead", {}, el("tr", {}, ...columns.map(([t]) => el("th", {}, t)),
+        ...STAGE_STATUSES.map((k) => el("th", { class: "n" }, k)), el("th", {}, "progress"))),
+      el("tbody", {}, ...stages.map((s) => el("tr", { "data-stage": s.name },
+        ...columns.map(([, cell]) => el("td", {}, cell(s))),
+        ...STAGE_STATUSES.map((k) => el("td", { class: "n", "data-status": k }, num(s.counts[k]))),
+        el("td", {}, stackBar(s), el("span", { class: "note" },
+          ` ${num(s.finished)} of ${num(s.total)} finished`))))));
+    return table;
+  }
+
+  function stageGraph(p) {
+    const g = p.graph;
+    const root = svg("svg", { id: `graph-${p.name}`, class: "pipeline-graph", width: g.width, height: g.height,
+      viewBox: `0 0 ${g.width} ${g.height}`, role: "img", "data-pipeline": p.name,
+      "aria-label": `pipeline ${p.name}: its stages, each after the stages it waits for` });
+    for (const e of g.edges) {
+      root.append(svg("g", { class: "stage-edge", "data-from": e.from, "data-to": e.to },
+        svg("title", { text: `${e.from} -> ${e.to}` }),
+        svg("path", { d: e.path }), svg("polygon", { points: e.arrow })));
+    }
+    for (const n of g.nodes) {
+      const node = svg("g", { class: n.failed ? "stage-node failed" : "stage-node", "data-stage": n.stage,
+        transform: `translate(${n.x},${n.y})` },
+        svg("title", { text: n.lines.map((l) => l.text).join("\n") }),
+        svg("rect", { class: "box", width: n.w, height: n.h, rx: 6 }));
+      for (const line of n.lines) {
+        node.append(svg("text", { x: n.bar.x, y: line.y, class: line.bold ? "name" : "counts", text: line.text }));
+      }
+      node.append(svg("rect", { class: "track", x: n.bar.x, y: n.bar.y, width: n.bar.w, height: n.bar.h }));
+      for (const seg of n.segments) {
+        node.append(svg("rect", { class: `seg seg-${seg.status}`, x: seg.x, y: n.bar.y, width: seg.w,
+          height: n.bar.h, fill: seg.colour }, svg("title", { text: `${num(seg.count)} ${seg.status}` })));
+      }
+      root.append(node);
+    }
+    return el("div", { class: "graph" }, root);
+  }
+
+  function stages(v) {
+    const sv = v.stages, parts = [];
+    for (const p of sv.pipelines) {
+      parts.push(el("h3", {}, `Pipeline ${p.name}`),
+        p.description ? el("p", { class: "meta" }, p.description) : null,
+        stageTable(`stages-${p.name}`, p.stages, true), stageGraph(p));
+    }
+    if (sv.pipelines.length) {
+      parts.push(el("p", { class: "note legend" }, "Bars: ",
+        ...["success", "error", "skipped", "running", "pending"].map((k) =>
+          el("span", {}, el("i", { class: `swatch seg-${k}` }), k))));
+    }
+    if (sv.unconfigured.length || sv.other_stages.length) {
+      parts.push(el("h3", {}, sv.pipelines.length ? "Other stages" : "Stages"),
+        sv.unconfigured.length
+          ? el("p", { class: "note", id: "stages-unconfigured" }, `The batch ran pipeline ${sv.unconfigured.join(", ")},` +
+            " which the config given to ecod-jobs does not define: no graph, its stages by name.")
+          : null,
+        stageTable("stages-other", sv.other_stages, false));
+    }
+    return section("Pipeline stages", ...parts);
   }
 
   function resources(v) {
@@ -175,6 +271,7 @@ const ECOD = (() => {
 
   function draw(parts, v) {
     parts.summary.replaceChildren(summary(v));
+    parts.stages.replaceChildren(...(v.stages ? [stages(v)] : []));
     parts.resources.replaceChildren(resources(v));
     parts.slowest.replaceChildren(slowest(v));
     parts.failures.replaceChildren(failures(v));
