@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from helpers import q, run_cli, write_config, write_items
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # stage -> (batch_size, memory MB, time minutes)
 STAGES = {"chain": (2, 200, 5), "domain": (4, 300, 6), "deep": (1, 400, 7), "summary": (4, 500, 8)}
