@@ -321,7 +321,10 @@ def hold_chunk_lock(path: Path, wait: float = 120) -> int:
 
 def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
-    layout = RunLayout(run_dir, run_dir.name)
+    # The run's id is the plan's: a pipeline stage window's directory is named after
+    # its window (runs/{run}/stages/{stage}/{window}), not after the run.
+    plan = Plan.read(RunLayout(run_dir, run_dir.name))
+    layout = RunLayout(run_dir, plan.run_id)
     misrouted = check_task(environ, layout.run_id, chunk)
     if misrouted is not None:
         print(f"ecod-jobs runner: refusing to run: {misrouted}", file=sys.stderr)
@@ -329,7 +332,6 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
         if environ.get("ECOD_JOBS_TASK_RUN", layout.run_id) == layout.run_id:
             write_atomic(layout.misrouted(own), json.dumps({"error": misrouted, "at": _now()}))
         return 4
-    plan = Plan.read(layout)
     items = list(chunk_items(layout, chunk))
     expected = planned.items if (planned := plan.chunk(chunk)) is not None else None
     if expected is None or len(items) != expected:

@@ -205,3 +205,20 @@ def test_runner_refuses_another_chunk_and_leaves_a_record(tmp_path: Path) -> Non
     reason = run.misrouted_reason("c00001")
     assert reason and "SLURM task 9_2 was submitted for chunk c00001" in reason
     assert run.misrouted_reasons() == [reason]
+
+
+def test_runner_of_a_pipeline_stage_window_checks_the_run_of_its_plan(tmp_path: Path) -> None:
+    """A stage window's directory (runs/{run}/stages/{stage}/{window}) is named after its
+    window: the task's run is checked against the plan's run id, not the directory's name."""
+    run = RunLayout(tmp_path / "runs" / "run1", "run1").stage_run("chain", "w0000")
+    run.manifest("c00000").parent.mkdir(parents=True)
+    run.manifest("c00000").write_text(json.dumps({"process_id": 1, "path": "/x"}) + "\n")
+    write_plan(run, "touch ran", str(tmp_path), chunks=1)
+    environ = {
+        "ECOD_JOBS_TASK_CHUNK": "c00000",
+        "ECOD_JOBS_TASK_RUN": "run1",
+        "SLURM_ARRAY_JOB_ID": "9",
+        "SLURM_ARRAY_TASK_ID": "1",
+    }
+    assert run_chunk(run.dir, "c00000", environ) == 0
+    assert run.result("c00000").exists() and not run.misrouted_reasons()
