@@ -422,6 +422,14 @@ def finish_run(db: Database, run: RunLayout, batch_id: int, success: bool) -> di
     failed_items = by_status.get("error", 0)
     status = RunStatus.SUCCESS if success and not failed_items else RunStatus.ERROR
     message = f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {summary['settled']} items"
+    if run.is_pipeline:  # settled counts item-stages there; the statuses are items'
+        from .pipeline_plan import PipelinePlan
+
+        planned = PipelinePlan.read(run)
+        message = (
+            f"{by_status.get('success', 0)} succeeded, {failed_items} failed of {planned.items} items"
+            f" ({summary['settled']} item-stages ended)"
+        )
     if unstarted:
         message = f"the run ended before any chunk started; its {summary['chunks']} chunks' items are pending"
     if misrouted := run.misrouted_reasons():
