@@ -36,14 +36,13 @@ from typing import Any
 from psycopg2 import sql
 
 from . import run_record
-from .config import seconds_to_time, time_to_seconds
 from .db import Database, require_batch
 from .db.bulk import copy_rows
 from .exceptions import ValidationError
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
 from .ownership import database_id
 from .pipelines import RUN_IF_SKIPPED, PipelineSpec, StageSpec
-from .plan import insert_chunk_jobs, mark_batch_processing, resolve_item_path
+from .plan import insert_chunk_jobs, job_fields, mark_batch_processing, resolve_item_path
 from .plan_file import Plan, PlannedChunk, manifest_line
 
 log = logging.getLogger(__name__)
@@ -443,18 +442,10 @@ def _stage_plan(
         run_id=run.run_id,
         database_id=plan.database_id,
         batch_id=plan.batch_id,
-        job_type=spec.name,
         retry_failed=plan.retry_failed,
         output_dir=plan.base_path,
         base_path=plan.base_path,
-        command=spec.command,
-        threads=spec.threads,
-        stage=spec.stage,
-        item_timeout=spec.item_timeout,
-        check_inputs=spec.check_inputs,
-        modules=tuple(config.get("modules") or ()),
-        environment=dict(config.get("environment") or {}),
-        spec={**asdict(spec), "time": seconds_to_time(time_to_seconds(spec.time))},
+        **job_fields(config, spec),
         items=sum(len(g) for g in groups),
         chunks=tuple(PlannedChunk(c, len(g), j) for c, g, j in zip(chunk_ids, groups, job_ids, strict=True)),
         pipeline=pipeline.name,

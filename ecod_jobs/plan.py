@@ -134,18 +134,10 @@ def plan_run(
             run_id=layout.run_id,
             database_id=this_database,
             batch_id=batch_id,
-            job_type=spec.name,
             retry_failed=retry_failed,
             output_dir=str(output_dir),
             base_path=batch.base_path,
-            command=spec.command,
-            threads=spec.threads,
-            stage=spec.stage,
-            item_timeout=spec.item_timeout,
-            check_inputs=spec.check_inputs,
-            modules=tuple(config.get("modules") or ()),
-            environment=dict(config.get("environment") or {}),
-            spec={**asdict(spec), "time": seconds_to_time(time_to_seconds(spec.time))},
+            **job_fields(config, spec),
             items=len(rows),
             chunks=tuple(
                 PlannedChunk(chunk_id(i), size, job_id)
@@ -156,6 +148,21 @@ def plan_run(
         plan.write(layout)
     log.info("planned run %s: %d items in %d chunks", layout.run_id, len(rows), len(sizes))
     return plan
+
+
+def job_fields(config: Mapping[str, Any], spec: JobTypeSpec) -> dict[str, Any]:
+    """A plan's fields that come from its job type and the config (what the runner runs)."""
+    return {
+        "job_type": spec.name,
+        "command": spec.command,
+        "threads": spec.threads,
+        "stage": spec.stage,
+        "item_timeout": spec.item_timeout,
+        "check_inputs": spec.check_inputs,
+        "modules": tuple(config.get("modules") or ()),
+        "environment": dict(config.get("environment") or {}),
+        "spec": {**asdict(spec), "time": seconds_to_time(time_to_seconds(spec.time))},
+    }
 
 
 def _claim_items(cur: Any, db: Database, batch_id: int, statuses: list[str]) -> list[tuple[Any, ...]]:
