@@ -30,11 +30,14 @@ def run_cli(
     )
 
 
-def start_cli(*args: str, cwd: Path, preexec_fn: Any = None) -> subprocess.Popen[str]:
+def start_cli(
+    *args: str, cwd: Path, preexec_fn: Any = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start the real ``ecod-jobs`` entry point without waiting (for faults injected mid-run)."""
     return subprocess.Popen(
         [sys.executable, "-m", "ecod_jobs.cli", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -346,3 +346,55 @@ def test_a_second_run_with_overlapping_stages_is_refused(
     # disjoint stages are free
     assert acquire_all(db, batch_id, ["chain", "domain"], "00000000-0000-4000-8000-000000000002") == []
     assert os.path.exists(cfg)
+
+
+def test_cancel_stops_a_pipeline_run_and_settles_its_item_stages(
+    batch: tuple[Path, int, Any], tmp_path: Path
+) -> None:
+    """Cancelled while item 1's domain search waits: nothing stays running or processing,
+    what ended is kept, and the next run does the rest."""
+    import time
+
+    import yaml
+    from helpers import start_cli, wait_for
+
+    cfg, batch_id, conn = batch
+    data = yaml.safe_load(cfg.read_text())
+    gate = tmp_path / "go"
+    data["job_types"]["domain"]["command"] = (
+        f"sh {tmp_path}/stage.sh domain {{item_id}} {{out[domain_result]}}"
+        f" $(test {{item_id}} = 1 && echo {gate} || echo -)"
+    )
+    cfg.write_text(yaml.safe_dump(data))
+    env_run = start_cli(
+        "--config",
+        str(cfg),
+        "run",
+        "--batch",
+        str(batch_id),
+        "--pipeline",
+        "full",
+        cwd=tmp_path,
+        env={"ECOD_TEST_DIR": str(tmp_path)},
+    )
+    wait_for(lambda: ("chain", 12) in ran(tmp_path), what="the chain stage to end")
+    time.sleep(1)
+    cancelled = run_cli("--config", str(cfg), "cancel", "--batch", str(batch_id), cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    env_run.wait(timeout=120)
+    conn.rollback()
+    assert q(conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("cancelled",)]
+    assert q(conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_item_stage WHERE status = 'running'") == [(0,)]
+    assert q(conn, "SELECT count(*) FROM ecod_schema.process_status WHERE status = 'processing'") == [(0,)]
+    assert q(conn, "SELECT count(*) FROM ecod_schema.ecod_jobs_lease") == [(0,)]
+    assert set(stage_states(conn)[(i, "chain")] for i in range(1, 13)) == {"success"}
+    before = ran(tmp_path)
+    gate.touch()
+    rerun = run(cfg, batch_id, "--retry-failed", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    after = ran(tmp_path)
+    assert all(after[("chain", i)] == 1 for i in range(1, 13)), "chain is not run again"
+    assert all(after[(s, i)] == 1 for s in ("summary", "partition") for i in range(1, 13))
+    assert after - before  # the rest ran
+    conn.rollback()
+    assert q(conn, "SELECT DISTINCT status FROM ecod_schema.process_status") == [("success",)]
