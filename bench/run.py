@@ -23,7 +23,18 @@ from typing import Any
 
 from .common import REPO, Measurement, log, scratch_database
 
-MEASUREMENTS = ("registration", "sync", "status", "dashboard", "local", "planning", "slurm", "process_file")
+MEASUREMENTS = (
+    "registration",
+    "sync",
+    "status",
+    "dashboard",
+    "local",
+    "planning",
+    "pipeline_dag",
+    "pipelining",
+    "slurm",
+    "process_file",
+)
 
 
 def database_measurements(items: int, batch_size: int, only: set[str], work: Path) -> list[Measurement]:
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown measurement(s) {', '.join(sorted(unknown))}; choose from {', '.join(MEASUREMENTS)}"
         )
-    from . import local_overhead, planning, process_files, slurm_submission
+    from . import local_overhead, pipeline_dag, pipelining, planning, process_files, slurm_submission
 
     started = time.monotonic()
     results: list[Measurement] = []
@@ -127,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("local", local_overhead.measure))
     if "planning" in only:
         steps.append(("planning", planning.measure))
+    if "pipeline_dag" in only:
+        steps.append(("pipeline_dag", pipeline_dag.measure))
+    if "pipelining" in only:
+        steps.append(("pipelining", pipelining.measure))
     if "slurm" in only:
         steps.append(("slurm", slurm_submission.measure))
     if "process_file" in only:
