@@ -71,19 +71,34 @@ class ChildRun:
         return int(done[-1][1]) if done else None
 
 
+# Starts the measured command and reports its peak RSS (wait4). A child forked straight
+# from this process would report this process's size instead: Linux keeps the high-water
+# mark of the memory a child had before its exec, and the benchmark process holds GBs by now.
+_LAUNCHER = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0);"
+    " open(sys.argv[1], 'w').write(str(u.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))"
+)
+
+
 def run_child(argv: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None) -> ChildRun:
     """Run ``argv`` to its end: wall time, and its peak RSS from the kernel (``wait4``)."""
     log_path = cwd / log_name
+    rss_path = cwd / f"{log_name}.maxrss"
     with log_path.open("w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(rss_path), *argv],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
     text = log_path.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:8])} ... failed ({proc.returncode}):\n{text[-3000:]}")
-    return ChildRun(seconds, usage.ru_maxrss / 1024, text)
+    return ChildRun(seconds, int(rss_path.read_text()) / 1024, text)
 
 
 def write_config(path: Path, section: dict[str, Any], work: Path) -> Path:

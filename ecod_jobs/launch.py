@@ -442,7 +442,7 @@ def batch_status(
         "jobs": {s: jobs.get(s, 0) for s in ("submitted", "completed", "failed")},
         "failed_items": failed_items(db, batch_id, limit=failed_limit),
         "runs": [{k: r[k] for k in _STATUS_RUN_FIELDS} for r in runs],
-        "stages": stage_counts(db, batch_id, order=stage_order(config or {})),
+        "stages": stage_counts(db, batch_id, order=stage_order(config or {}), total=sum(counts.values())),
     }
 
 

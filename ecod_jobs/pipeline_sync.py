@@ -165,19 +165,36 @@ def settle_pipeline_items(
 
 
 def stage_counts(
-    db: Database, batch_id: int, stages: Sequence[str] | None = None, order: Sequence[str] = ()
+    db: Database,
+    batch_id: int,
+    stages: Sequence[str] | None = None,
+    order: Sequence[str] = (),
+    total: int | None = None,
 ) -> dict[str, dict[str, int]]:
     """Items per stage and status; items without a row for a stage count as pending.
-    ``stages``: these (default: every stage the batch has rows of, in ``order`` first)."""
+    ``stages``: these (default: every stage the batch has rows of, in ``order`` first);
+    ``total``: the batch's items, when the caller has counted them already."""
+    if (
+        stages is None
+        and not db.query(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE batch_id = %s)").format(
+                db.table("ecod_jobs_item_stage")
+            ),
+            (batch_id,),
+        )[0][0]
+    ):
+        return {}  # no pipeline ran: one index probe, not a count of the batch's items
     rows = db.query(
         sql.SQL("SELECT stage, status, count(*) FROM {} WHERE batch_id = %s GROUP BY 1, 2").format(
             db.table("ecod_jobs_item_stage")
         ),
         (batch_id,),
     )
-    total = db.query(
-        sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(db.table("process_status")), (batch_id,)
-    )[0][0]
+    if total is None:
+        total = db.query(
+            sql.SQL("SELECT count(*) FROM {} WHERE batch_id = %s").format(db.table("process_status")),
+            (batch_id,),
+        )[0][0]
     counts: dict[str, dict[str, int]] = {}
     for stage, status, n in rows:
         counts.setdefault(stage, {})[status] = int(n)

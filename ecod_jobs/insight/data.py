@@ -339,7 +339,7 @@ def stage_view(
         order = stage_order(config)
     except ConfigurationError:  # a config that does not load its pipelines: rows only
         order = []
-    counts = stage_counts(db, batch_id, order=order)
+    counts = stage_counts(db, batch_id, order=order, total=total_items)
     # A stage no item has reached yet has no rows: all of the batch's items wait for it.
     waiting = dict.fromkeys(STAGE_STATUSES, 0) | {"pending": total_items}
     pipelines, unconfigured, shown = [], [], set()
