@@ -173,9 +173,10 @@ class ProgressBar:
 
 
 def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .head import Head
     from .launch import run_batch
 
-    bar = ProgressBar()
+    bar = None if args.detach else ProgressBar()
     try:
         result = run_batch(
             args.batch,
@@ -189,13 +190,29 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             from_stage=args.from_stage,
             rerun=args.rerun,
             progress=bar,
+            detach=args.detach,
         )
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    if isinstance(result, Head):
+        where = result.where() if result.kind == "slurm" else f"a daemon ({result.where()})"
+        print(f"run {result.run_id}: its head runs as {where}")
+        print(f"  log:    {result.log_path}")
+        print(f"  follow: ecod-jobs follow --batch {args.batch}")
+        print(f"  status: ecod-jobs status --batch {args.batch}")
+        print(f"  stop:   ecod-jobs cancel --batch {args.batch}")
+        return 0
+    return print_run_result(result, args.batch, args.retry_failed)
+
+
+def print_run_result(result: Any, batch_id: int, retry_failed: bool) -> int:
+    """Print what a run did (``ecod-jobs run``, and a detached head into its log); returns
+    the exit code."""
     if result.nothing_to_do:
         print(
-            f"batch {args.batch}: nothing to do (no items need work"
-            f"{'' if args.retry_failed else '; --retry-failed reruns failed ones'})"
+            f"batch {batch_id}: nothing to do (no items need work"
+            f"{'' if retry_failed else '; --retry-failed reruns failed ones'})"
         )
         return 0
     if result.dry_run:
@@ -212,7 +229,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     for item in result.failed_items[:20]:
         print(f"  failed {item['process_id']} {item['path']}: {item['error']}")
     if len(result.failed_items) > 20:
-        print(f"  ... and {len(result.failed_items) - 20} more (ecod-jobs status --batch {args.batch})")
+        print(f"  ... and {len(result.failed_items) - 20} more (ecod-jobs status --batch {batch_id})")
     if result.returncode != 0:
         print(
             f"ecod-jobs: the workflow did not finish cleanly (exit {result.returncode});"
@@ -248,7 +265,15 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
     for status, count in report["by_status"].items():
         print(f"  {status:<11} {count:>9}")
     jobs = report["jobs"]
-    print(f"jobs: {jobs['submitted']} submitted, {jobs['completed']} completed, {jobs['failed']} failed")
+    print(
+        f"jobs: {jobs['submitted']} submitted ({jobs['running']} running now), {jobs['completed']} completed,"
+        f" {jobs['failed']} failed"
+    )
+    for run in report["runs"]:
+        if run["status"] == "running":
+            print(f"run {run['run_id']} ({run['job_type']}): running on {run['host']} (pid {run['pid']})")
+    for head in report["heads"]:
+        print(f"{head['describe']}")
     if report["stages"]:
         columns = ("pending", "running", "success", "error", "skipped")
         width = max(len("stage"), *map(len, report["stages"]))
@@ -323,6 +348,8 @@ def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
         print(f"stopped run {run_id} {how}")
     for run in report["not_stopped"]:
         print(f"not stopped: run {run} is alive on another host; run ecod-jobs cancel there", file=sys.stderr)
+    for what in report["heads"]:
+        print(what)
     print(
         f"batch {args.batch}: stopped {len(report['signalled_runs'])} runs,"
         f" cancelled {len(report['scancelled'])} SLURM jobs; {report['done']}/{report['total']} items done"
@@ -432,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", metavar="STAGE", help="force this stage and its downstream, even where done")
     run.add_argument("--retry-failed", action="store_true", help="also rerun items (item-stages) that failed")
     run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="start the run's head in the background (a SLURM job with --profile slurm, else a daemon)"
+        " and return; follow it with ecod-jobs follow",
+    )
 
     profiles_p = sub.add_parser("profiles", help="where the installed Snakemake profiles are; copy them out")
     profiles_p.set_defaults(needs_config=False)
