@@ -371,11 +371,27 @@ def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    import signal
     import socket
+    from urllib.parse import quote
 
+    from .insight.auth import is_loopback, link_file, resolve_token, write_link
     from .insight.dashboard import serve
+    from .launch import Stopped
 
-    url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
+    def _stopped(signum: int, _frame: Any) -> None:
+        raise Stopped(signum)  # as `run` stops: exit 128 + the signal's number
+
+    local = is_loopback(args.host)
+    token = None if local else resolve_token(config)  # a bad token in the environment: exit 2 now
+    if args.host in ("127.0.0.1", "::1"):
+        shown = "localhost"
+    elif args.host in ("0.0.0.0", "::", ""):
+        shown = socket.gethostname()  # what another host can reach it by
+    else:
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{args.port}/"
+    written: list[Path] = []
 
     def banner() -> None:
         print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
@@ -385,8 +401,49 @@ def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 f" then open {url}",
                 flush=True,
             )
+        if token is None:
+            return
+        print(
+            f"warning: the dashboard listens on {args.host or 'every address'}, not on the loopback alone:"
+            f" anyone who can reach port {args.port} and has the token sees every batch"
+            " (paths, errors, users, hosts)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not token.generated:
+            print(
+                f"  every request needs the token of {token.source}: open {url}?token=TOKEN once in a"
+                " browser, or send the header 'Authorization: Bearer TOKEN'",
+                flush=True,
+            )
+            return
+        link = f"{url}?token={quote(token.value, safe='')}"
+        if sys.stdout.isatty():
+            # the user's own terminal: the one place the token made for this run is shown
+            print(
+                f"  open once (the token made for this run; it then leaves the address bar): {link}",
+                flush=True,
+            )
+        else:
+            # output that is not a terminal usually ends in a log file (nohup, a batch job's output)
+            path = link_file(args.port)
+            write_link(path, link)
+            written.append(path)
+            # SIGTERM and SIGHUP end the dashboard as Ctrl-C does, through the `finally` that
+            # removes the file (uvicorn re-raises them once stopped: by default, a death)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, _stopped)
+            print(
+                f"  the address to open once, with the token made for this run, is in {path}"
+                " (readable by you alone; removed when the dashboard stops)",
+                flush=True,
+            )
 
-    serve(Database(config), args.host, args.port, announce=banner, config=config)
+    try:
+        serve(Database(config), args.host, args.port, announce=banner, config=config, token=token)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
     return 0
 
 
@@ -512,7 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = add(sub, "dashboard", cmd_dashboard, "serve a read-only web dashboard of all batches")
     dash.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this host only; any other address asks every request"
+        " for a token)",
     )
     dash.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     return parser
