@@ -286,12 +286,10 @@ def _job_items(db: Database, process_id: int) -> list[_Row]:
         ).format(ji=db.table("job_item"), job=db.table("job"), run=db.table("ecod_jobs_run")),
         (process_id,),
     )
-    found = []
-    for row in rows:
-        status, slurm, attempt = row[0], row[10], row[8]
-        fields = (str(status), *row[1:8], int(attempt or 1), row[9], None if slurm is None else str(slurm))
-        found.append(_Row(*fields, *row[11:]))
-    return found
+    return [
+        _Row(str(r[0]), *r[1:8], int(r[8] or 1), r[9], _text(r[10]), r[11], r[12], r[13])  # in column order
+        for r in rows
+    ]
 
 
 def _item_stages(db: Database, process_id: int) -> dict[str, tuple[str, str | None]]:
@@ -316,7 +314,7 @@ def _chunk_jobs(db: Database, rows: Sequence[_Row]) -> dict[tuple[str, str, int]
         ([r.run_id for r in rows], [r.chunk_id for r in rows]),
     )
     return {
-        (run, chunk, int(attempt or 1)): _ChunkJob(status, None if slurm is None else str(slurm), node, error)
+        (run, chunk, int(attempt or 1)): _ChunkJob(status, _text(slurm), node, error)
         for run, chunk, attempt, status, slurm, node, error in found
     }
 
@@ -402,7 +400,7 @@ def _run_attempts(
         job_type=row.job_type,
         chunk_id=row.chunk_id,
         chunk_attempt=row.job_attempt,
-        status={"completed": "success", "failed": "error"}.get(row.status, row.status),
+        status=_DONE_OF_JOB_ITEM.get(row.status, row.status),
         exit_code=row.exit_code,
         error=row.error,
         node=row.node,
@@ -423,16 +421,15 @@ def _run_attempts(
     base = replace(base, log_path=str(log_path))
     records_file = unit.result(chunk) if unit.result(chunk).exists() else unit.partial(chunk)
     record = _find_record(records_file, process_id)
+    # Only an item without a record, or recorded by a later attempt of its chunk, can have
+    # been cut short; an older record (no "log") has its own output found by its header.
+    cut_short = record is None or record.get("attempt", 1) > 1
+    older = record is not None and "log" not in record and not _never_started(record)
     hits: list[_Hit] = []
-    # Only a chunk that ran more than once, or an item without a record, can have been cut short.
-    if (record is None or record.get("attempt", 1) > 1 or "log" not in record) and log_path.exists():
-        command = record.get("command") if record else None
-        hits = _find_headers(
-            log_path, _covered(records_file), process_id, command or _command(unit, chunk, process_id)
-        )
-    recorded_hit = None
-    if record is not None and "log" not in record and hits:
-        recorded_hit = hits.pop()  # an older record: its own output is the item's last header
+    if (cut_short or older) and log_path.exists():
+        command = (record or {}).get("command") or _command(unit, chunk, process_id)
+        hits = _find_headers(log_path, _covered(records_file), process_id, command)
+    recorded_hit = hits.pop() if older and hits else None
     metas = unit.attempts(chunk)
     attempts = [_cut_short(base, hit, metas, jobs, log_path) for hit in hits]
     if record is not None:
@@ -609,6 +606,10 @@ def _text(value: Any) -> str | None:
 _NOT_STARTED = ("input path does not exist", "cannot name the item's outputs")
 
 
+def _never_started(record: Mapping[str, Any]) -> bool:
+    return record.get("exit_code") is None and str(record.get("error") or "").startswith(_NOT_STARTED)
+
+
 def _recorded(
     base: Attempt,
     record: Mapping[str, Any],
@@ -643,7 +644,7 @@ def _recorded(
             )
         except (KeyError, TypeError, ValueError):
             pass
-    if record.get("exit_code") is None and str(record.get("error") or "").startswith(_NOT_STARTED):
+    if _never_started(record):
         return _without_streams(attempt, "the command did not run")
     if hit is None:
         why = f"the log file {log_path} is gone" if not log_path.exists() else "not found in the chunk log"
