@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,42 @@ def test_logs_of_a_failed_then_retried_item(tmp_path: Path, scratch_db: dict[str
     assert field(gone.stdout, "status") == "error, exit code 3"
     assert f"--- stdout: the log file {results.parent / 'logs' / 'c00000.log'} is gone ---" in gone.stdout
     assert section(gone.stdout, "stderr")[-1] == "err line 50"
+
+
+def test_logs_of_a_running_item_a_waiting_one_and_one_that_never_started(
+    tmp_path: Path, scratch_db: dict[str, Any]
+) -> None:
+    # one chunk, one core: item 1 runs (5 s) while item 2 waits; item 3 has no input file
+    cfg, batch = setup_batch(
+        tmp_path, scratch_db, n=3, batch_size=3, command="echo started {item_id}; sleep 5"
+    )
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(result=run_batch(batch, config_path=cfg, cores=1))
+    )
+    runner.start()
+    try:
+        running = wait_for(
+            lambda: (
+                (r := logs(cfg, batch, 1)).returncode == 0 and "status:    running" in r.stdout and r.stdout
+            ),
+            60,
+            "item 1 to be shown running",
+        )
+        assert section(running, "stdout") == ["started 1"]
+        assert "--- stderr: written once the item ends ---" in running
+        waiting = logs(cfg, batch, 2).stdout
+        assert field(waiting, "status") == "pending" and field(waiting, "command") == "(none: not run yet)"
+    finally:
+        runner.join()
+    assert outcome["result"].returncode == 0
+    never = logs(cfg, batch, 3)
+    assert never.returncode == 0, never.stderr
+    assert field(never.stdout, "command") == "(none: the command did not run)"
+    assert field(never.stdout, "error").startswith("input path does not exist")
+    assert "--- stdout: the command did not run ---" in never.stdout
+    done = logs(cfg, batch, 1).stdout
+    assert field(done, "status") == "success, exit code 0" and section(done, "stdout") == ["started 1"]
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -436,14 +436,11 @@ def _run_attempts(
         attempts.append(
             _recorded(base, record, recorded_hit, log_path, lambda: _command(unit, chunk, process_id))
         )
-    elif not attempts:
-        why = "the item's command did not run in this attempt"
-        attempts.append(_without_streams(replace(base, status=_not_run_status(row)), why))
+    elif not attempts:  # planned, and not (yet) run
+        pending = row.status == "pending"
+        why = "not run yet" if pending else "the item's command did not run in this attempt"
+        attempts.append(_without_streams(replace(base, status="pending" if pending else "not run"), why))
     return attempts
-
-
-def _not_run_status(row: _Row) -> str:
-    return "pending" if row.status == "pending" else "not run"
 
 
 def _without_streams(base: Attempt, why: str) -> Attempt:
