@@ -41,12 +41,15 @@ from .lease import acquire_all, release
 from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .plan import count_needing_work
 from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
+from .progress import ProgressSnapshot, RunProgress
 from .states import RunStatus
 from .sync import sync_batch
 
 SLURM_PROFILE_JOBS = 10000  # profiles/slurm: jobs and max-jobs-per-timespan
 
-ProgressCallback = Callable[[dict[str, int], int], None]
+# Called about every second while the workflow runs, and once at its end, with the run's
+# progress (ecod_jobs.progress); ecod-jobs run draws it.
+ProgressCallback = Callable[[ProgressSnapshot], None]
 
 
 @dataclass
@@ -170,7 +173,7 @@ def run_batch(
     os.umask(os.umask(0) | 0o002)
     db = Database(config)
     init_schema(db)
-    require_batch(db, batch_id)
+    batch = require_batch(db, batch_id)
     run_id = str(uuid.uuid4())
     if not dry_run:
         from .recovery import recover_dead_runs
@@ -198,11 +201,17 @@ def run_batch(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir / f"run-{run_id}.log").resolve()
 
-    def watch(proc: subprocess.Popen[bytes]) -> None:
-        if progress is not None and not dry_run:
+    source = None
+    if progress is not None and not dry_run:
+        source = RunProgress(
+            db, batch_id, run_id, pending, name=batch.batch_name, config=config, log_path=log_path
+        )
+
+    def watch(proc: subprocess.Popen[bytes] | None = None, fresh: bool = False) -> None:
+        if progress is not None and source is not None:
             # progress is cosmetic; never let it stop the run
             with contextlib.suppress(Exception):
-                progress(status_counts(db, batch_id, run_id), pending)
+                progress(source.read(fresh=fresh))
 
     def settle() -> None:
         if not dry_run:
@@ -210,6 +219,7 @@ def run_batch(
 
     try:
         returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle)
+        watch(fresh=True)  # the numbers the run ended with
     finally:
         if not dry_run:
             # the workflow released it already, unless the database is away (then the
