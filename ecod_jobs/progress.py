@@ -98,7 +98,9 @@ class Paced(Generic[T]):
     ``share`` of the wall time: the stage counts of a million-item pipeline batch take
     about 0.5 s, so they are read every 5 s rather than at each 2 s poll."""
 
-    def __init__(self, interval: float, share: float = 0.1, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, interval: float, share: float = 0.1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval, self.share, self.clock = interval, share, clock
         self._value: T | None = None
         self._next = 0.0

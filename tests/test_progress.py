@@ -30,6 +30,7 @@ from rich.console import Console
 from ecod_jobs.db import Database
 from ecod_jobs.progress import (
     BatchProgress,
+    Paced,
     ProgressSnapshot,
     ProgressView,
     RateEstimator,
@@ -98,6 +99,30 @@ def test_rate_restarts_when_the_count_goes_down() -> None:
     assert rate.rate() == pytest.approx(0.5)
     rate.add(30.0, 27)  # the same moment twice: the newest count, no division by zero
     assert rate.rate() == pytest.approx(0.7)
+
+
+def test_a_costly_reading_is_paced_by_its_cost() -> None:
+    clock = [0.0]
+
+    def polls(cost: float) -> list[float]:
+        """When a reading that takes ``cost`` s is redone, polled every second for 12 s."""
+        paced = Paced[float](2.0, clock=lambda: clock[0])
+        reads: list[float] = []
+
+        def read() -> float:
+            reads.append(clock[0])
+            clock[0] += cost  # the query's own time
+            return clock[0]
+
+        for poll in range(13):
+            clock[0] = float(poll)
+            paced.get(read)
+        clock[0] = 12.5
+        assert paced.get(read, fresh=True) == 12.5 + cost, "fresh: read now, whatever the pace"
+        return reads
+
+    assert polls(0.01) == [0, 2, 4, 6, 8, 10, 12, 12.5], "a cheap reading: at its interval"
+    assert polls(0.5) == [0, 5, 10, 12.5], "0.5 s each: every 5 s (10% of the time)"
 
 
 def test_eta_formats() -> None:
