@@ -141,11 +141,13 @@ def cmd_batch_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .head import Head
     from .launch import run_batch
     from .progress import ProgressView
 
-    # on stderr: stdout keeps only the summary below
-    view = ProgressView(sys.stderr)
+    # on stderr: stdout keeps only the summary below; a detached run has its own view in
+    # its head's log, and `ecod-jobs follow` attaches one here
+    view = None if args.detach else ProgressView(sys.stderr)
     try:
         result = run_batch(
             args.batch,
@@ -158,14 +160,30 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             stages=args.stages.split(",") if args.stages else None,
             from_stage=args.from_stage,
             rerun=args.rerun,
-            progress=view.update,
+            progress=None if view is None else view.update,
+            detach=args.detach,
         )
     finally:
-        view.close()
+        if view is not None:
+            view.close()
+    if isinstance(result, Head):
+        where = result.where() if result.kind == "slurm" else f"a daemon ({result.where()})"
+        print(f"run {result.run_id}: its head runs as {where}")
+        print(f"  log:    {result.log_path}")
+        print(f"  follow: ecod-jobs follow --batch {args.batch}")
+        print(f"  status: ecod-jobs status --batch {args.batch}")
+        print(f"  stop:   ecod-jobs cancel --batch {args.batch}")
+        return 0
+    return print_run_result(result, args.batch, args.retry_failed)
+
+
+def print_run_result(result: Any, batch_id: int, retry_failed: bool) -> int:
+    """Print what a run did (``ecod-jobs run``, and a detached head into its log); returns
+    the exit code."""
     if result.nothing_to_do:
         print(
-            f"batch {args.batch}: nothing to do (no items need work"
-            f"{'' if args.retry_failed else '; --retry-failed reruns failed ones'})"
+            f"batch {batch_id}: nothing to do (no items need work"
+            f"{'' if retry_failed else '; --retry-failed reruns failed ones'})"
         )
         return 0
     if result.dry_run:
@@ -182,7 +200,7 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     for item in result.failed_items[:20]:
         print(f"  failed {item['process_id']} {item['path']}: {item['error']}")
     if len(result.failed_items) > 20:
-        print(f"  ... and {len(result.failed_items) - 20} more (ecod-jobs status --batch {args.batch})")
+        print(f"  ... and {len(result.failed_items) - 20} more (ecod-jobs status --batch {batch_id})")
     if result.returncode != 0:
         print(
             f"ecod-jobs: the workflow did not finish cleanly (exit {result.returncode});"
@@ -218,7 +236,15 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
     for status, count in report["by_status"].items():
         print(f"  {status:<11} {count:>9}")
     jobs = report["jobs"]
-    print(f"jobs: {jobs['submitted']} submitted, {jobs['completed']} completed, {jobs['failed']} failed")
+    print(
+        f"jobs: {jobs['submitted']} submitted ({jobs['running']} running now), {jobs['completed']} completed,"
+        f" {jobs['failed']} failed"
+    )
+    for run in report["runs"]:
+        if run["status"] == "running":
+            print(f"run {run['run_id']} ({run['job_type']}): running on {run['host']} (pid {run['pid']})")
+    for head in report["heads"]:
+        print(f"{head['describe']}")
     if report["stages"]:
         columns = ("pending", "running", "success", "error", "skipped")
         width = max(len("stage"), *map(len, report["stages"]))
@@ -321,6 +347,8 @@ def cmd_cancel(args: argparse.Namespace, config: dict[str, Any]) -> int:
         print(f"stopped run {run_id} {how}")
     for run in report["not_stopped"]:
         print(f"not stopped: run {run} is alive on another host; run ecod-jobs cancel there", file=sys.stderr)
+    for what in report["heads"]:
+        print(what)
     print(
         f"batch {args.batch}: stopped {len(report['signalled_runs'])} runs,"
         f" cancelled {len(report['scancelled'])} SLURM jobs; {report['done']}/{report['total']} items done"
@@ -342,11 +370,27 @@ def cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    import signal
     import socket
+    from urllib.parse import quote
 
+    from .insight.auth import is_loopback, link_file, resolve_token, write_link
     from .insight.dashboard import serve
+    from .launch import Stopped
 
-    url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
+    def _stopped(signum: int, _frame: Any) -> None:
+        raise Stopped(signum)  # as `run` stops: exit 128 + the signal's number
+
+    local = is_loopback(args.host)
+    token = None if local else resolve_token(config)  # a bad token in the environment: exit 2 now
+    if args.host in ("127.0.0.1", "::1"):
+        shown = "localhost"
+    elif args.host in ("0.0.0.0", "::", ""):
+        shown = socket.gethostname()  # what another host can reach it by
+    else:
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{args.port}/"
+    written: list[Path] = []
 
     def banner() -> None:
         print(f"ecod-jobs dashboard (read-only) on {url}  (Ctrl-C stops it)", flush=True)
@@ -356,8 +400,49 @@ def cmd_dashboard(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 f" then open {url}",
                 flush=True,
             )
+        if token is None:
+            return
+        print(
+            f"warning: the dashboard listens on {args.host or 'every address'}, not on the loopback alone:"
+            f" anyone who can reach port {args.port} and has the token sees every batch"
+            " (paths, errors, users, hosts)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not token.generated:
+            print(
+                f"  every request needs the token of {token.source}: open {url}?token=TOKEN once in a"
+                " browser, or send the header 'Authorization: Bearer TOKEN'",
+                flush=True,
+            )
+            return
+        link = f"{url}?token={quote(token.value, safe='')}"
+        if sys.stdout.isatty():
+            # the user's own terminal: the one place the token made for this run is shown
+            print(
+                f"  open once (the token made for this run; it then leaves the address bar): {link}",
+                flush=True,
+            )
+        else:
+            # output that is not a terminal usually ends in a log file (nohup, a batch job's output)
+            path = link_file(args.port)
+            write_link(path, link)
+            written.append(path)
+            # SIGTERM and SIGHUP end the dashboard as Ctrl-C does, through the `finally` that
+            # removes the file (uvicorn re-raises them once stopped: by default, a death)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, _stopped)
+            print(
+                f"  the address to open once, with the token made for this run, is in {path}"
+                " (readable by you alone; removed when the dashboard stops)",
+                flush=True,
+            )
 
-    serve(Database(config), args.host, args.port, announce=banner, config=config)
+    try:
+        serve(Database(config), args.host, args.port, announce=banner, config=config, token=token)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
     return 0
 
 
@@ -430,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", metavar="STAGE", help="force this stage and its downstream, even where done")
     run.add_argument("--retry-failed", action="store_true", help="also rerun items (item-stages) that failed")
     run.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="start the run's head in the background (a SLURM job with --profile slurm, else a daemon)"
+        " and return; follow it with ecod-jobs follow",
+    )
 
     profiles_p = sub.add_parser("profiles", help="where the installed Snakemake profiles are; copy them out")
     profiles_p.set_defaults(needs_config=False)
@@ -496,7 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = add(sub, "dashboard", cmd_dashboard, "serve a read-only web dashboard of all batches")
     dash.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this host only; any other address asks every request"
+        " for a token)",
     )
     dash.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     return parser

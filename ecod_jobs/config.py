@@ -22,7 +22,7 @@ import json
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from functools import cache
@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "slurm": {"array_limit": 500},
     "job_types": {},
     "pipelines": {},
+    "dashboard": {},  # token: for `dashboard --host` beyond the loopback (else one is made)
 }
 
 
@@ -326,7 +327,7 @@ def _coerce_env_value(keys: list[str], raw: str, var: str) -> Any:
         if kind in {"array", "object"}:
             return yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError):
-        shown = REDACTED if "password" in keys else repr(raw)
+        shown = REDACTED if _is_secret(keys) else repr(raw)
         plain = ": expected plain digits 0-9" if kind == "integer" else ""
         raise ConfigurationError(
             f"environment variable {var}: {shown} is not a valid {kind}{plain}",
@@ -450,8 +451,12 @@ def from_mapping(config: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- validation
 
 
+def _is_secret(keys: Sequence[str | int]) -> bool:
+    return any(k == "password" for k in keys) or [str(k) for k in keys[:2]] == ["dashboard", "token"]
+
+
 def _format_value(keys: list[str | int], value: Any) -> str:
-    if any(k == "password" for k in keys):
+    if _is_secret(keys):
         return REDACTED
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -594,17 +599,19 @@ def _output_problems(config: Mapping[str, Any], sources: list[_Source | _EnvSour
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy safe to print or log: the password is masked."""
+    """A deep copy safe to print or log: the password and the dashboard's token are masked."""
     result = copy.deepcopy(dict(config))
-    database = result.get("database")
-    if isinstance(database, dict) and database.get("password"):
-        database["password"] = REDACTED
+    for section, key in (("database", "password"), ("dashboard", "token")):
+        part = result.get(section)
+        if isinstance(part, dict) and part.get(key):
+            part[key] = REDACTED
     return result
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """Stable short hash of the effective configuration (secrets excluded)."""
-    body = {k: v for k, v in redact(config).items() if k != "_meta"}
+    """Stable short hash of the effective configuration (secrets excluded). Without the
+    dashboard section: it changes nothing a run does (and a run's hash stays as before it)."""
+    body = {k: v for k, v in redact(config).items() if k not in ("_meta", "dashboard")}
     canonical = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -35,13 +35,21 @@ from .db import (
     require_batch,
     status_counts,
 )
-from .exceptions import ConfigurationError, DatabaseError, RecordIncompleteError, ValidationError
+from .exceptions import (
+    ConfigurationError,
+    DatabaseError,
+    RecordIncompleteError,
+    RunConflictError,
+    ValidationError,
+)
+from .head import HeadSpec
 from .layout import BatchLayout
 from .lease import acquire_all, release
 from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .plan import count_needing_work
-from .processes import STOP_STEPS, describe_stop, is_snakemake, stop_workflow
+from .processes import STOP_STEPS, describe_stop, is_snakemake, signal_group, stop_workflow
 from .progress import ProgressSnapshot, RunProgress
+from .run_record import is_alive
 from .states import RunStatus
 from .sync import sync_batch
 
@@ -148,15 +156,27 @@ def run_batch(
     from_stage: str | None = None,
     rerun: str | None = None,
     progress: ProgressCallback | None = None,
+    detach: bool = False,
+    run_id: str | None = None,
+    head: bool = False,
     **snakemake_options: Any,
-) -> BatchResult:
+) -> Any:
     """Run a batch's items needing work through the workflow; see the README for an example.
 
+    Returns a :class:`BatchResult` when the run is over. ``detach=True`` returns as
+    soon as the run's head is started (a SLURM job with the SLURM profile, else a
+    daemon): a :class:`~ecod_jobs.head.Head` saying where it runs and where its log
+    is (README, "Running for days"), or a ``nothing_to_do`` :class:`BatchResult`.
     ``pipeline``: run that pipeline's stages instead of one job type (``stages``,
     ``from_stage`` and ``rerun`` choose among them; README, "Pipelines").
+    ``run_id``: the run's id (a detached head is given the one its launcher recorded).
+    ``head``: this process is a detached head (:mod:`ecod_jobs.head`): a stop signal
+    (scancel of its job, its time limit) is its death, not a cancel. The workflow is
+    killed at once and the run settled as a dead run is, its unfinished items pending
+    again, so that rerunning the same command completes them.
     Raises ``ConfigurationError``/``ValidationError`` for bad input (unknown batch,
-    job type, pipeline or stage, missing profile, SLURM profile without SLURM) before
-    anything runs.
+    job type, pipeline or stage, missing profile, SLURM profile without SLURM, a live
+    run holding the batch) before anything runs.
     """
     config = load_config(config_path)
     work = _WorkSpec.resolve(config, job_type, pipeline, stages, from_stage, rerun)
@@ -174,7 +194,29 @@ def run_batch(
     db = Database(config)
     init_schema(db)
     batch = require_batch(db, batch_id)
-    run_id = str(uuid.uuid4())
+    if detach:
+        if dry_run:
+            raise ConfigurationError("--detach and --dry-run do not go together: a dry run writes nothing")
+        return _detach(
+            db,
+            config,
+            work,
+            executor in SLURM_EXECUTORS,
+            HeadSpec(
+                str(uuid.uuid4()),
+                batch_id,
+                profile,
+                job_type,
+                retry_failed,
+                None if config_path is None else str(Path(config_path).resolve()),
+                pipeline,
+                list(stages) if stages is not None else None,
+                from_stage,
+                rerun,
+                dict(snakemake_options),
+            ),
+        )
+    run_id = run_id or str(uuid.uuid4())
     if not dry_run:
         from .recovery import recover_dead_runs
 
@@ -218,7 +260,7 @@ def run_batch(
             _settle_stopped(db, config, batch_id, work.key)
 
     try:
-        returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle)
+        returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle, die_on_stop=head)
         watch(fresh=True)  # the numbers the run ended with
     finally:
         if not dry_run:
@@ -245,6 +287,30 @@ def run_batch(
             f" ecod-jobs sync --batch {batch_id}",
             {"run_id": run_id, "log": str(log_path)},
         ) from None
+
+
+def _detach(db: Database, config: Mapping[str, Any], work: _WorkSpec, on_slurm: bool, spec: HeadSpec) -> Any:
+    """Start ``spec``'s head after the checks the head would make at once: a live run (or
+    another head still to start) holding the batch is refused here, not in a log later."""
+    from .head import open_heads, start_head
+    from .lease import holder
+
+    for key in work.lease_keys:
+        current = holder(db, spec.batch_id, key)
+        if current and is_alive(current["host"], current["pid"], current["heartbeat_age"]):
+            raise RunConflictError(
+                f"batch {spec.batch_id} (job type or stage {key}) is already being run by run"
+                f" {current['run_id']} on host {current['host']} (pid {current['pid']})"
+            )
+    for head in open_heads(db, spec.batch_id):
+        if head.state() in ("PENDING", "CONFIGURING", "running") and not run_record.has_run(db, head.run_id):
+            raise RunConflictError(
+                f"batch {spec.batch_id} has a detached head still to start: {head.describe()}"
+                f" (ecod-jobs cancel --batch {spec.batch_id} stops it)"
+            )
+    if work.count_needing_work(db, spec.batch_id, spec.retry_failed) == 0:
+        return BatchResult(spec.batch_id, None, 0, status_counts(db, spec.batch_id), nothing_to_do=True)
+    return start_head(db, config, spec, work.key, on_slurm)
 
 
 @dataclass(frozen=True)
@@ -346,10 +412,12 @@ def _run_workflow(
     *,
     watch: Callable[[subprocess.Popen[bytes]], None],
     on_stop: Callable[[], None],
+    die_on_stop: bool = False,
 ) -> int:
     """Run Snakemake to its end, its output in ``log_path``, calling ``watch`` every second.
     Told to stop (Ctrl-C, SIGTERM, SIGHUP), it stops the workflow as Ctrl-C does, within
-    bounds, calls ``on_stop`` to settle what it left behind, and re-raises."""
+    bounds (``die_on_stop``: kills it at once, as a dying head would leave it), calls
+    ``on_stop`` to settle what it left behind, and re-raises."""
     with log_path.open("wb") as log:
         # Its own process group, so that a cancel can interrupt Snakemake and its local
         # jobs together, as Ctrl-C in a terminal does.
@@ -370,7 +438,13 @@ def _run_workflow(
         except KeyboardInterrupt:
             # a timeout or a reaped login session sends SIGTERM or SIGHUP
             with _signals_ignored():
-                how = describe_stop(stop_workflow(proc.pid))
+                if die_on_stop:
+                    # Not Snakemake's own stop: that records the items it did not reach as
+                    # failed, and it may take longer than the scheduler's grace period.
+                    signal_group(proc.pid, signal.SIGKILL)
+                    how = "with SIGKILL: a detached head that is stopped dies"
+                else:
+                    how = describe_stop(stop_workflow(proc.pid))
                 proc.wait()
                 print(f"ecod-jobs: run {run_id}: stopped the workflow {how}", file=sys.stderr)
                 on_stop()
@@ -434,7 +508,9 @@ def batch_status(
     db: Database, batch_id: int, failed_limit: int = 100, config: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The ``ecod-jobs status`` report (also its ``--json``); ``stages``: items per pipeline
-    stage and status, the stages in the order of the ``config``'s pipelines."""
+    stage and status, the stages in the order of the ``config``'s pipelines; ``heads``: the
+    detached heads with no recorded end (where they run, in what state)."""
+    from .head import open_heads
     from .pipeline_sync import stage_counts
     from .pipelines import stage_order
 
@@ -449,14 +525,27 @@ def batch_status(
         "status": batch.status,
         "total": sum(counts.values()),
         "by_status": by_status,
-        "jobs": {s: jobs.get(s, 0) for s in ("submitted", "completed", "failed")},
+        "jobs": {s: jobs.get(s, 0) for s in ("submitted", "running", "completed", "failed")},
         "failed_items": failed_items(db, batch_id, limit=failed_limit),
         "runs": [{k: r[k] for k in _STATUS_RUN_FIELDS} for r in runs],
         "stages": stage_counts(db, batch_id, order=stage_order(config or {}), total=sum(counts.values())),
+        "heads": [
+            {
+                "run_id": h.run_id,
+                "kind": h.kind,
+                "slurm_job_id": h.slurm_job_id,
+                "host": h.host,
+                "pid": h.pid,
+                "state": (state := h.state()),
+                "log": str(h.log_path),
+                "describe": f"head of run {h.run_id}: {h.where()}, {state}; log {h.log_path}",
+            }
+            for h in open_heads(db, batch_id)
+        ],
     }
 
 
-_STATUS_RUN_FIELDS = ("run_id", "job_type", "status", "host", "started_at", "ended_at", "message")
+_STATUS_RUN_FIELDS = ("run_id", "job_type", "status", "host", "pid", "started_at", "ended_at", "message")
 
 
 def cancel_batch(
@@ -475,6 +564,8 @@ def cancel_batch(
     recorded, lease released) and closed as ``cancelled``. Live runs on other hosts
     cannot be signalled from here and are left alone (``not_stopped``).
     """
+    from .head import mark_ended, open_heads
+    from .head import stop as stop_heads
     from .recovery import settle_run
 
     require_batch(db, batch_id)
@@ -482,15 +573,23 @@ def cancel_batch(
     stopped: dict[str, str] = {}  # run id -> how it was stopped
     elsewhere: list[str] = []
     to_settle = []
+    heads = open_heads(db, batch_id)
+    slurm_heads = {h.run_id for h in heads if h.kind == "slurm"}
     open_runs = run_record.open_runs(db, batch_id)
     for found in open_runs:
         if found.host == here and found.pid and is_snakemake(found.pid):
             if sent := stop_workflow(found.pid, stop_steps):
                 stopped[found.run_id] = describe_stop(sent)
-        elif found.host != here and found.alive:
+        elif found.host != here and found.alive and found.run_id not in slurm_heads:
             elsewhere.append(found.describe())
             continue
         to_settle.append(found)
+    # Heads: a SLURM head job is cancelled and waited for (it stops its workflow as
+    # Ctrl-C does; a head still queued just goes), a local daemon gets SIGTERM. Only then
+    # is its run dead for sure, on whichever node it ran, and settled below.
+    head_report = stop_heads(heads)
+    for head in heads:
+        mark_ended(db, head.run_id, None)
     # Jobs of no open run: submitted through the Python job managers, or left by an
     # ended run whose record missed them.
     scancelled = _cancel_stray_jobs(db, batch_id, [r.run_id for r in open_runs])
@@ -507,6 +606,7 @@ def cancel_batch(
         scancelled += settled["scancelled"]
     report = sync_batch(db, config, batch_id)
     return {
+        "heads": head_report,
         "signalled_runs": list(stopped),
         "stopped": stopped,
         "not_stopped": elsewhere,

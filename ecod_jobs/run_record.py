@@ -136,6 +136,13 @@ def start(
     )
 
 
+def has_run(db: Database, run_id: str) -> bool:
+    """Whether the run has started (its Snakemake recorded it)."""
+    return bool(
+        db.query(sql.SQL("SELECT 1 FROM {} WHERE run_id = %s").format(db.table("ecod_jobs_run")), (run_id,))
+    )
+
+
 def record_planned(cur: Any, db: Database, run_id: str, items: int, chunks: int) -> None:
     """The run's planned size, on the plan's own cursor (its transaction)."""
     cur.execute(

@@ -284,10 +284,17 @@ def on_finish(ctx: WorkflowContext, success: bool) -> None:
 
 
 class LiveRecorder:
-    """Records each chunk in PostgreSQL as Snakemake reports its job's end.
+    """Records each chunk in PostgreSQL as it runs and as Snakemake reports its job's end.
 
     Fed by the ``ecod_jobs`` logger plugin (``snakemake_logger_plugin_ecod_jobs``),
-    which runs in the main process's logging thread. While the database is away,
+    which runs in the main process's logging thread. A chunk that runs for hours is
+    not a black box meanwhile: every ``LIVE_SECONDS`` a thread looks at the files of
+    the chunks Snakemake has scheduled and not yet reported ended, and records any
+    that changed: an attempt that started (its SLURM id, node and start time) and
+    the items it finished so far (its ``partial`` file). Compute nodes stay off the
+    database; the head reads what they write. One lock orders these writes with the
+    end-of-chunk ones, so an older partial view never overwrites a chunk's end.
+    While the database is away,
     ended chunks wait in a backlog that a background thread retries with backoff
     (1 s doubling to 60 s); the chunk result files are the journal, so replaying
     a chunk is just recording it again from its files, and nothing is lost if
@@ -297,6 +304,7 @@ class LiveRecorder:
     _active: LiveRecorder | None = None
     _lock = threading.Lock()
     MAX_BACKOFF = 60.0
+    LIVE_SECONDS = 10.0  # items reach the database within this (plus a write) of finishing
 
     def __init__(self, ctx: WorkflowContext) -> None:
         self.ctx = ctx
@@ -310,18 +318,29 @@ class LiveRecorder:
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         self.stopping = False  # a misrouted chunk was seen and the run told to stop
+        self._write_lock = threading.Lock()  # one writer of chunk rows at a time (see above)
+        self.ended: set[tuple[RunLayout, str]] = set()  # chunks whose job end was reported
+        self._seen: dict[tuple[RunLayout, str], tuple[int, tuple[str, ...]]] = {}
+        self._poll_thread: threading.Thread | None = None
 
     @classmethod
     def activate(cls, ctx: WorkflowContext) -> None:
         with cls._lock:
             cls._active = cls(ctx)
+            cls._active._poll_thread = threading.Thread(
+                target=cls._active._poll_loop, name="ecod-jobs-live-poll", daemon=True
+            )
+            cls._active._poll_thread.start()
 
     @classmethod
     def deactivate(cls) -> None:
         with cls._lock:
-            if cls._active is not None:
-                cls._active._stop.set()  # the end-of-run reconciliation covers the backlog
-            cls._active = None
+            active, cls._active = cls._active, None
+        if active is not None:
+            active._stop.set()  # the end-of-run reconciliation covers the backlog
+            if active._poll_thread is not None:
+                # its write must not land after the end-of-run reconciliation
+                active._poll_thread.join(timeout=60)
 
     @classmethod
     def current(cls) -> LiveRecorder | None:
@@ -337,10 +356,14 @@ class LiveRecorder:
         if wildcards.get("run") != self.ctx.run_id:
             return
         if rule == CHUNK_RULE:
-            self.chunks[jobid] = (self.ctx.run, str(wildcards["chunk"]))
+            found = (self.ctx.run, str(wildcards["chunk"]))
         elif rule == STAGE_CHUNK_RULE:
             unit = self.ctx.run.stage_run(str(wildcards["stage"]), str(wildcards["window"]))
-            self.chunks[jobid] = (unit, str(wildcards["chunk"]))
+            found = (unit, str(wildcards["chunk"]))
+        else:
+            return
+        self.chunks[jobid] = found
+        self.ended.discard(found)  # scheduled again: Snakemake retries it
 
     def job_finished(self, jobid: int) -> None:
         self._record(jobid, failed=False)
@@ -372,6 +395,7 @@ class LiveRecorder:
             _interrupt_self()
         with self._backlog_lock:
             self.backlog[(unit, chunk)] = failed
+            self.ended.add((unit, chunk))
         if self._retry_thread is None or not self._retry_thread.is_alive():
             self.flush()  # the usual case: record at once, in the logging thread
 
@@ -385,18 +409,19 @@ class LiveRecorder:
         for (unit, chunk), failed in pending.items():
             by_unit.setdefault(unit, {})[chunk] = failed
         try:
-            for unit, chunks in by_unit.items():
-                plan = self.plan(unit)
-                if plan is None:
-                    continue
-                record_chunks(
-                    self.db,
-                    unit,
-                    plan,
-                    sorted(chunks),
-                    run_over=False,
-                    failed_chunks=[c for c, failed in chunks.items() if failed],
-                )
+            with self._write_lock:
+                for unit, chunks in by_unit.items():
+                    plan = self.plan(unit)
+                    if plan is None:
+                        continue
+                    record_chunks(
+                        self.db,
+                        unit,
+                        plan,
+                        sorted(chunks),
+                        run_over=False,
+                        failed_chunks=[c for c, failed in chunks.items() if failed],
+                    )
         except Exception as exc:
             if self._retry_thread is None or not self._retry_thread.is_alive():
                 log.warning(
@@ -422,3 +447,56 @@ class LiveRecorder:
                 log.warning("database back: recorded the chunks that ended while it was away")
                 return
             delay = min(delay * 2, self.MAX_BACKOFF)
+
+    # ----------------------------------------------------------------------- inside chunks
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.LIVE_SECONDS):
+            try:
+                self.poll()
+            except Exception as exc:  # the database may be away: the next poll tries again
+                log.warning("recording running chunks failed, trying again: %s", exc)
+
+    def poll(self) -> int:
+        """Record the running chunks whose files changed since the last look (an attempt
+        started, items finished); returns how many were recorded. One directory listing
+        per run (or stage window), whatever its number of chunks."""
+        with self._backlog_lock:
+            running = {found for found in self.chunks.values() if found not in self.ended}
+        by_unit: dict[RunLayout, list[str]] = {}
+        for unit, chunk in running:
+            by_unit.setdefault(unit, []).append(chunk)
+        recorded = 0
+        for unit, chunks in by_unit.items():
+            files = _result_files(unit)
+            changed: dict[str, tuple[int, tuple[str, ...]]] = {}
+            for chunk in chunks:
+                attempts = tuple(sorted(n for n in files if n.startswith(f"{chunk}.attempt-")))
+                if not attempts or f"{chunk}.jsonl" in files:
+                    continue  # not started yet, or ended: its job's end records it
+                signature = (files.get(f"{chunk}.partial.jsonl", -1), attempts)
+                if self._seen.get((unit, chunk)) != signature:
+                    changed[chunk] = signature
+            plan = self.plan(unit) if changed else None
+            if plan is None:
+                continue
+            with self._write_lock:
+                with self._backlog_lock:  # the job may have ended meanwhile: its end wins
+                    live = sorted(c for c in changed if (unit, c) not in self.ended)
+                if not live or self._stop.is_set():
+                    continue
+                record_chunks(self.db, unit, plan, live, run_over=False)
+            for chunk in live:
+                self._seen[(unit, chunk)] = changed[chunk]
+            recorded += len(live)
+        return recorded
+
+
+def _result_files(unit: RunLayout) -> dict[str, int]:
+    """The names and sizes of a run's (or stage window's) result files, from one listing."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(unit.dir / "results"):
+            with contextlib.suppress(FileNotFoundError):
+                found[entry.name] = entry.stat().st_size
+    return found

@@ -195,3 +195,50 @@ def test_graph_nodes_show_their_counts() -> None:
     [lone] = pipeline_graph([stage("only", [])])["nodes"]
     assert lone["segments"] == [] and lone["lines"][1]["text"] == "0 ok / 0 err / 0 skipped"
     assert pipeline_graph([]) == {"width": 24, "height": 24, "nodes": [], "edges": []}
+
+
+# --------------------------------------------------------------------------- few chunks, many chunks
+
+
+def completed(n: int) -> list[dict[str, Any]]:
+    """``n`` completed chunks (runtime 30-49 s, 300-396 MB), one failed and one running."""
+    jobs = [
+        job(i, "n1", None, None, elapsed_seconds=30.0 + i % 20, max_rss_mb=300.0 + i % 97) for i in range(n)
+    ]
+    jobs.append(job(n, "n1", None, None, status="failed", scheduler_state="TIMEOUT", elapsed_seconds=600.0))
+    jobs.append(job(n + 1, "n1", None, None, status="submitted", elapsed_seconds=None, max_rss_mb=None))
+    return jobs
+
+
+@pytest.mark.parametrize("n", [1, 3, figures.STRIP_MAX - 1])
+def test_few_chunks_are_points(n: int) -> None:
+    jobs = completed(n)
+    jobs[0]["chunk_id"] = "<b>c0</b>"
+    view = {"jobs": jobs, "resources": resource_fit(jobs)}
+    for name, value, unit in (("runtime", "elapsed_seconds", "s"), ("memory", "max_rss_mb", "MB")):
+        fig = figures.figures(view)[name]
+        go.Figure(fig)
+        [trace] = fig["data"]
+        # one point per completed chunk, each drawn, spread across the box, over it
+        assert trace["type"] == "box" and trace["orientation"] == "h"
+        assert trace["boxpoints"] == "all" and trace["jitter"] > 0 and trace["pointpos"] == 0
+        assert trace["x"] == [j[value] for j in jobs[:n]]
+        # the mouse over a point: its chunk (escaped, as any outside text) and its value
+        assert [c[0] for c in trace["customdata"]] == ["&lt;b&gt;c0&lt;/b&gt;"] + [
+            j["chunk_id"] for j in jobs[1:n]
+        ]
+        assert trace["hoveron"] == "points"
+        assert "%{customdata[0]}" in trace["hovertemplate"] and "%{x:" in trace["hovertemplate"]
+        assert f"}} {unit}<extra>" in trace["hovertemplate"]
+
+
+@pytest.mark.parametrize("n", [figures.STRIP_MAX, 300])
+def test_many_chunks_are_a_histogram(n: int) -> None:
+    jobs = completed(n)
+    view = {"jobs": jobs, "resources": resource_fit(jobs)}
+    for name in ("runtime", "memory"):
+        fig = figures.figures(view)[name]
+        go.Figure(fig)
+        [trace] = fig["data"]
+        assert trace["type"] == "histogram" and len(trace["x"]) == n
+        assert fig["layout"]["yaxis"]["title"]["text"] == "chunks"

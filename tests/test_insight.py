@@ -557,3 +557,103 @@ def test_stage_view_of_pipelines_under_way_and_gone(tmp_path: Path, scratch_db: 
     ]
     graph = figures.attach(data.batch_view(db, batch_id, config=config))["stages"]["pipelines"][0]["graph"]
     assert [n["stage"] for n in graph["nodes"]] == ["chain", "domain", "deep", "summary"]
+
+
+# --------------------------------------------------------------------------- plots: few and many chunks
+
+# each figure's title, mode bar and labels (requested, suggested) as drawn, and its first trace's type
+FIGURE_BOXES = """
+return Array.from(document.querySelectorAll('.figure'), (f) => {
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return {what: e.getAttribute('class') + ' ' + e.textContent, left: r.left, top: r.top, right: r.right,
+            bottom: r.bottom}; };
+  return {id: f.id, type: f.data && f.data.length ? f.data[0].type : null,
+          boxes: Array.from(f.querySelectorAll('.gtitle, .modebar, .annotation'), box)};
+});
+"""
+
+
+def add_chunk_jobs(conn: Any, batch_id: int, n: int) -> dict[str, float]:
+    """``n`` completed chunk jobs as the sync records them (runtime 20-59 s, 200-699 MB):
+    {chunk id: runtime}."""
+    rows = q(
+        conn,
+        "INSERT INTO ecod_schema.job (batch_id, job_type, chunk_id, attempt, status, scheduler_state,"
+        " node, items_count, start_time, completion_time, elapsed_seconds, max_rss_kb, req_mem_mb,"
+        " req_time_seconds)"
+        " SELECT %s, 'scan', 'c' || lpad(g::text, 5, '0'), 1, 'completed', 'COMPLETED',"
+        "  'node' || mod(g, 4), 10,"
+        "  timestamp '2026-11-24 10:00' + g * interval '15 s',"
+        "  timestamp '2026-11-24 10:00' + g * interval '15 s' + (20 + mod(g * 37, 40)) * interval '1 s',"
+        "  20 + mod(g * 37, 40), (200 + mod(g * 53, 500)) * 1024, 1024, 300"
+        " FROM generate_series(1, %s) g RETURNING chunk_id, elapsed_seconds",
+        batch_id, n,
+    )  # fmt: skip
+    return {chunk: seconds for chunk, seconds in rows}
+
+
+def assert_plots_readable(browser: Any, few: bool) -> None:
+    """Runtime and memory as points (few chunks) or histograms (many); no title, mode bar
+    or label drawn over another."""
+    figures_drawn = wait_for(
+        lambda: (f := browser.execute_script(FIGURE_BOXES)) and all(x["type"] for x in f) and f,
+        30,
+        "the plots",
+    )
+    types = {f["id"]: f["type"] for f in figures_drawn}
+    expected = "box" if few else "histogram"
+    assert types == {"fig-timeline": "bar", "fig-runtime": expected, "fig-memory": expected}
+    for figure in figures_drawn:
+        boxes = figure["boxes"]
+        assert [b for b in boxes if "gtitle" in b["what"]] and [b for b in boxes if "modebar" in b["what"]]
+        assert len([b for b in boxes if "annotation" in b["what"]]) == (
+            0 if figure["id"] == "fig-timeline" else 2
+        )
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                apart = a["right"] <= b["left"] or b["right"] <= a["left"]
+                assert apart or a["bottom"] <= b["top"] or b["bottom"] <= a["top"], (figure["id"], a, b)
+
+
+def test_plots_of_few_and_many_chunks(
+    tmp_path: Path, scratch_db: dict[str, Any], browser: Any, artifacts: Path
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    cfg, few_id = setup(tmp_path, scratch_db, n=2, batch_size=1)
+    many_id = create_batch(cfg, tmp_path / "items.tsv", "many chunks", tmp_path)
+    conn = connect_scratch(scratch_db)
+    few = add_chunk_jobs(conn, few_id, 3)
+    add_chunk_jobs(conn, many_id, 300)
+    assert 3 < figures.STRIP_MAX <= 300
+
+    for batch_id, name in ((few_id, "3-chunks"), (many_id, "300-chunks")):
+        out = tmp_path / f"report-{name}.html"
+        done = run_cli("--config", str(cfg), "report", "--batch", str(batch_id), "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        browser.get(out.as_uri())
+        assert_plots_readable(browser, few=batch_id == few_id)
+        browser.save_screenshot(str(artifacts / f"report-plots-{name}.png"))
+    # each point a chunk: the mouse over one names the chunk and its runtime
+    browser.get((tmp_path / "report-3-chunks.html").as_uri())
+    assert_plots_readable(browser, few=True)
+    points = browser.find_elements(By.CSS_SELECTOR, "#fig-runtime .points path.point")
+    assert len(points) == 3
+    ActionChains(browser).move_to_element(points[1]).perform()
+    hover = wait_for(
+        lambda: browser.execute_script(
+            "const t = document.querySelector('#fig-runtime .hovertext'); return t && t.textContent"
+        ),
+        10,
+        "the hover label",
+    )
+    chunk, seconds = re.fullmatch(r"chunk (c\d{5}) attempt 1: ([\d.]+) s", hover).groups()  # type: ignore[union-attr]
+    assert float(seconds) == pytest.approx(few[chunk], abs=0.05)
+
+    # the dashboard draws the same figures with the same script
+    with dashboard(cfg, tmp_path) as url:
+        for batch_id, name in ((few_id, "3-chunks"), (many_id, "300-chunks")):
+            browser.get(f"{url}/batches/{batch_id}")
+            assert_plots_readable(browser, few=batch_id == few_id)
+            browser.save_screenshot(str(artifacts / f"dashboard-plots-{name}.png"))

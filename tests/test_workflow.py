@@ -210,7 +210,7 @@ def test_status_json(tmp_path: Path, scratch_db: dict[str, Any], monkeypatch: py
     report = json.loads(run_cli("--config", str(cfg), "status", "--batch", str(batch), "--json").stdout)
     assert report["batch_id"] == batch and report["total"] == 5
     assert report["by_status"] == {"pending": 0, "processing": 0, "success": 4, "error": 1, "skipped": 0}
-    assert report["jobs"] == {"submitted": 0, "completed": 2, "failed": 0}
+    assert report["jobs"] == {"submitted": 0, "running": 0, "completed": 2, "failed": 0}
     assert report["failed_items"][0]["process_id"] == 3
 
 

@@ -156,15 +156,18 @@ def ordered_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def job_counts(db: Database, batch_id: int) -> dict[str, int]:
-    """The batch's ``job`` rows by status: submitted, completed, failed (zero where none)."""
+    """The batch's ``job`` rows by status: submitted, completed, failed (zero where none);
+    ``running``: the submitted ones whose attempt has started. A chunk runs its items one
+    at a time, so that is also the number of items running now."""
     rows = db.query(
-        sql.SQL("SELECT status, count(*) FROM {} WHERE batch_id = %s GROUP BY status").format(
-            db.table("job")
-        ),
+        sql.SQL(
+            "SELECT status, count(*), count(start_time) FROM {} WHERE batch_id = %s GROUP BY status"
+        ).format(db.table("job")),
         (batch_id,),
     )
     counts = {s: 0 for s in JOB_STATUSES}
-    counts.update({str(s): int(n) for s, n in rows})
+    counts.update({str(s): int(n) for s, n, _ in rows})
+    counts["running"] = sum(int(started) for s, _, started in rows if s == "submitted")
     return counts
 
 

@@ -297,6 +297,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             " ON {s}.process_file (process_id, file_type)",
         ),
     ),
+    Migration(
+        9,
+        "detached heads: where a run's head runs (a SLURM job, or a daemon on a host)",
+        (
+            # Written when `run --detach` starts the head, before the run exists (a head
+            # job may wait in the queue for hours): status and cancel find it here.
+            """CREATE TABLE IF NOT EXISTS {s}.ecod_jobs_head (
+                run_id UUID PRIMARY KEY,
+                batch_id INTEGER NOT NULL REFERENCES {s}.batch(id),
+                job_type VARCHAR(50) NOT NULL,
+                kind VARCHAR(10) NOT NULL CHECK (kind IN ('slurm', 'local')),
+                slurm_job_id VARCHAR(50),
+                host TEXT,
+                pid INTEGER,
+                log_path TEXT NOT NULL,
+                submitted_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                started_at TIMESTAMP,
+                ended_at TIMESTAMP,
+                exit_code INTEGER
+            )""",
+            "CREATE INDEX IF NOT EXISTS ecod_jobs_head_batch_idx ON {s}.ecod_jobs_head (batch_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,7 +9,8 @@
 
 Read-only by construction: only GET routes, and every connection runs with
 ``default_transaction_read_only``. The page is drawn by the same ``view.js`` as
-the report, from the same JSON, with textContent only.
+the report, from the same JSON, with textContent only. Bound beyond the loopback,
+every route needs the dashboard's token (``auth.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.routing import Route
 from ..db import Database, require_batch, snapshot
 from ..exceptions import DatabaseError, DatabaseUnavailableError, ValidationError
 from . import data, figures
+from .auth import Token, TokenMiddleware, is_loopback
 from .data import require_schema
 from .report import environment, plotly_js, static_text
 
@@ -63,17 +65,25 @@ def _static(name: str) -> bytes:
 
 def allowed_hosts(bind: str) -> list[str]:
     """Host headers to answer. Bound to loopback, only local names: a web page elsewhere
-    cannot point its own host name at 127.0.0.1 (DNS rebinding) and read the API."""
-    if bind in ("0.0.0.0", "::", ""):
+    cannot point its own host name at 127.0.0.1 (DNS rebinding) and read the API.
+    Bound elsewhere, any: the token guards every route then (a rebinding page has
+    neither the token nor the cookie, which the browser keeps for the real name)."""
+    if not is_loopback(bind):
         return ["*"]
     return sorted({*LOCAL_NAMES, bind})
 
 
 def create_app(
-    db: Database, hosts: list[str] | None = None, config: Mapping[str, Any] | None = None
+    db: Database,
+    hosts: list[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The dashboard over ``db`` (whose connections should be read-only: see ``serve``);
-    ``config`` defines the pipelines whose graphs a batch page draws."""
+    ``config`` defines the pipelines whose graphs a batch page draws. With ``token``,
+    every request must carry it (one middleware, before routing: every route, any
+    route added later, and unknown paths alike)."""
+    guard = [Middleware(TokenMiddleware, token=token, headers=SECURITY_HEADERS)] if token else []
 
     def page(request: Request) -> HTMLResponse:
         batch_id = request.path_params.get("batch_id")
@@ -128,7 +138,7 @@ def create_app(
             Route("/api/batches/{batch_id:int}/failed", api_failed),
             Route("/static/{name}", static),
         ],
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_NAMES)],
+        middleware=[*guard, Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_NAMES)],
         exception_handlers={
             ValidationError: bad_request,
             DatabaseUnavailableError: unavailable,
@@ -188,16 +198,23 @@ def serve(
     port: int = 8050,
     announce: Callable[[], None] | None = None,
     config: Mapping[str, Any] | None = None,
+    token: Token | None = None,
 ) -> None:
     """Serve the dashboard until interrupted; ``announce`` runs once the port is bound and
-    the schema checked, so that its banner is never printed for a server that cannot start."""
+    the schema checked, so that its banner is never printed for a server that cannot start.
+    Beyond the loopback ``token`` is required: no caller can open every batch by mistake."""
     import uvicorn
 
+    if token is None and not is_loopback(host):
+        raise ValidationError(
+            f"the dashboard on {host} would be reachable from other hosts: it needs a token", {"host": host}
+        )
     sock = bind(host, port)
     try:
-        app = create_app(read_only(db), allowed_hosts(host), config)
+        app = create_app(read_only(db), allowed_hosts(host), config, token.value if token else None)
         if announce is not None:
             announce()
+        # No access log: it prints each request line, and a browser's first one has ?token=.
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

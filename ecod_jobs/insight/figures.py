@@ -24,7 +24,26 @@ from .graph import pipeline_graph
 
 OUTCOME_COLOURS = {"completed": "#2e8b57", "failed": "#c0392b", "submitted": "#3b7dd8"}
 OUTCOME_NAMES = {"completed": "completed", "failed": "failed", "submitted": "running or queued"}
-_LAYOUT = {"margin": {"l": 70, "r": 20, "t": 50, "b": 50}, "height": 360}
+# The title sits at the top left, below the band of plotly's mode bar (top right, about
+# 30 px tall): a long title in a half-width plot would otherwise run under the bar.
+# Below the title, above the plot: the legend and the requested/suggested labels.
+_LAYOUT = {"margin": {"l": 70, "r": 20, "t": 100, "b": 50}, "height": 390}
+_TITLE = {
+    "x": 0,
+    "xref": "container",
+    "xanchor": "left",
+    "y": 1,
+    "yref": "container",
+    "yanchor": "top",
+    "pad": {"l": 12, "t": 36},
+}
+# Fewer completed chunks than this: each chunk a point (a histogram of a handful of
+# values is a few lonely bars); from this many on, a histogram.
+STRIP_MAX = 30
+
+
+def _title(text: str) -> dict[str, Any]:
+    return {**_TITLE, "text": text}
 
 
 def _text(value: str | None) -> str:
@@ -104,20 +123,30 @@ def timeline(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> 
         "layout": {
             **_LAYOUT,
             "height": max(260, min(1200, 120 + 18 * lanes)),
-            "title": {"text": "Chunks over time, per node", "x": 0.01},
+            "title": _title("Chunks over time, per node"),
             "barmode": "overlay",
             "xaxis": {"type": "date", "title": {"text": "time (database server's clock)"}},
             "yaxis": {"categoryorder": "category descending", "automargin": True},
-            "legend": {"orientation": "h", "y": 1.12},
+            "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1, "yanchor": "bottom"},
         },
     }
 
 
 def _distribution(
-    values: Sequence[float], requested: float | None, suggested: float | None, title: str, unit: str
+    chunks: Sequence[tuple[float, Mapping[str, Any]]],
+    requested: float | None,
+    suggested: float | None,
+    title: str,
+    unit: str,
+    value_format: str,
 ) -> dict[str, Any]:
+    """``chunks``: (value, job) of each completed chunk. A strip of points (hover: the chunk
+    and its value) under ``STRIP_MAX`` chunks, else a histogram; requested and suggested
+    as dashed lines."""
     shapes, notes = [], []
-    for x, label, colour in ((requested, "requested", "#c0392b"), (suggested, "suggested", "#2e8b57")):
+    # the two labels on two lines: a suggestion close to the request would overwrite it
+    lines = ((requested, "requested", "#c0392b", 0), (suggested, "suggested", "#2e8b57", 18))
+    for x, label, colour, shift in lines:
         if x:
             shapes.append(
                 {
@@ -141,23 +170,45 @@ def _distribution(
                     "showarrow": False,
                     "xanchor": "left",
                     "yanchor": "bottom",
+                    "yshift": shift,
                 }
             )
+    values = [value for value, _ in chunks]
+    if len(chunks) < STRIP_MAX:
+        # a box trace whose points are all drawn, jittered across its height, over the box
+        trace: dict[str, Any] = {
+            "type": "box",
+            "orientation": "h",
+            "x": values,
+            "name": "chunks",
+            "boxpoints": "all",
+            "jitter": 0.6,
+            "pointpos": 0,
+            "hoveron": "points",
+            "marker": {"color": "#3b7dd8", "size": 9, "opacity": 0.85},
+            "line": {"color": "#9db8e0", "width": 1},
+            "fillcolor": "rgba(59, 125, 216, 0.08)",
+            "customdata": [[_text(job["chunk_id"]), job["attempt"]] for _, job in chunks],
+            "hovertemplate": f"chunk %{{customdata[0]}} attempt %{{customdata[1]}}: %{{x:{value_format}}}"
+            f" {unit}<extra></extra>",
+        }
+        yaxis: dict[str, Any] = {"title": {"text": "one point per chunk"}, "showticklabels": False}
+    else:
+        trace = {
+            "type": "histogram",
+            "x": values,
+            "name": "chunks",
+            "marker": {"color": "#3b7dd8"},
+            "nbinsx": 40,
+        }
+        yaxis = {"title": {"text": "chunks"}}
     return {
-        "data": [
-            {
-                "type": "histogram",
-                "x": list(values),
-                "name": "chunks",
-                "marker": {"color": "#3b7dd8"},
-                "nbinsx": 40,
-            }
-        ],
+        "data": [trace],
         "layout": {
             **_LAYOUT,
-            "title": {"text": title, "x": 0.01},
+            "title": _title(title),
             "xaxis": {"title": {"text": unit}, "rangemode": "tozero"},
-            "yaxis": {"title": {"text": "chunks"}},
+            "yaxis": yaxis,
             "shapes": shapes,
             "annotations": notes,
             "showlegend": False,
@@ -166,16 +217,23 @@ def _distribution(
 
 
 def runtime(jobs: Sequence[Mapping[str, Any]], fit: Mapping[str, Any]) -> dict[str, Any]:
-    values = [j["elapsed_seconds"] for j in jobs if j["status"] == "completed" and j["elapsed_seconds"]]
+    chunks = [(j["elapsed_seconds"], j) for j in jobs if j["status"] == "completed" and j["elapsed_seconds"]]
     return _distribution(
-        values, fit["requested"], fit["suggested"], "Chunk runtime against the time requested", "s"
+        chunks, fit["requested"], fit["suggested"], "Chunk runtime against the time requested", "s", ".1f"
     )
 
 
 def memory(jobs: Sequence[Mapping[str, Any]], fit: Mapping[str, Any]) -> dict[str, Any]:
-    values = [j["max_rss_mb"] for j in jobs if j["status"] == "completed" and j["max_rss_mb"] is not None]
+    chunks = [
+        (j["max_rss_mb"], j) for j in jobs if j["status"] == "completed" and j["max_rss_mb"] is not None
+    ]
     return _distribution(
-        values, fit["requested"], fit["suggested"], "Chunk peak memory against the memory requested", "MB"
+        chunks,
+        fit["requested"],
+        fit["suggested"],
+        "Chunk peak memory against the memory requested",
+        "MB",
+        ",.0f",
     )
 
 
