@@ -26,6 +26,7 @@ from psycopg2 import sql
 
 from . import run_record
 from .db import Database, require_batch, snapshot, status_counts
+from .head import Head, open_heads
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -194,13 +195,18 @@ class BatchProgress:
         self.order = _stage_order(config)
         self._stages: Paced[dict[str, dict[str, int]]] = Paced(FOLLOW_INTERVAL)
         self._running: Paced[int] = Paced(FOLLOW_INTERVAL)
+        self._head_states: dict[str, Paced[str]] = {}
+
+    def _head_state(self, head: Head) -> str:
+        paced = self._head_states.setdefault(head.run_id, Paced(HEAD_STATE_EVERY))
+        return paced.get(head.state)
 
     def read(self, fresh: bool = False) -> BatchState:
         with snapshot(self.db) as db:
             counts = status_counts(db, self.batch_id)
             total = sum(counts.values())
             running = self._running.get(lambda: running_items(db, self.batch_id), fresh)
-            runs, active, dead = describe_runs(db, self.batch_id)
+            runs, active, dead = describe_runs(db, self.batch_id, self._head_state)
             stages = self._stages.get(lambda: _stages(db, self.batch_id, self.order, total), fresh)
         processing, done = int(counts.get("processing", 0)), done_of(counts)
         # What the runs going on will do is what they claimed; before a plan (or with no run
@@ -220,9 +226,17 @@ class BatchProgress:
         return BatchState(snap, counts, active, tuple(dead))
 
 
-def describe_runs(db: Database, batch_id: int) -> tuple[list[str], bool, list[str]]:
+HEAD_STATE_EVERY = 30.0  # seconds between two squeue calls about a head still to start
+_WAITING = ("PENDING", "CONFIGURING", "RUNNING", "running", "unknown")  # Head.state(): may start
+
+
+def describe_runs(
+    db: Database, batch_id: int, head_state: Callable[[Head], str] | None = None
+) -> tuple[list[str], bool, list[str]]:
     """One line per open run of the batch (id, job type, host, pid, start; "starting" for a
-    run that holds a lease but has no record yet), whether any is alive, and the dead ones."""
+    run that holds a lease but has no record yet) and per detached head (where it runs, its
+    log), whether any is alive (or a head may still start it), and the runs that died.
+    ``head_state``: :meth:`Head.state` (squeue for a SLURM head), paced by the caller."""
     lines: list[str] = []
     dead: list[str] = []
     rows = db.query(
@@ -254,6 +268,27 @@ def describe_runs(db: Database, batch_id: int) -> tuple[list[str], bool, list[st
         if run_record.is_alive(host, pid, None if age is None else float(age)):
             active = True
             lines.append(f"run {run_id} starting on {host} pid {pid}")
+    heads = open_heads(db, batch_id)
+    recorded = (
+        {
+            str(r)
+            for (r,) in db.query(
+                sql.SQL("SELECT run_id::text FROM {} WHERE run_id::text = ANY(%s)").format(
+                    db.table("ecod_jobs_run")
+                ),
+                ([h.run_id for h in heads],),
+            )
+        }
+        if heads
+        else set()
+    )
+    for head in heads:
+        # a head waiting in the queue (or starting) has neither a lease nor a run record yet
+        waiting = head.run_id not in recorded and (head_state or Head.state)(head) in _WAITING
+        active = active or waiting
+        lines.append(
+            f"head of run {head.run_id}: {head.where()}{', to start' if waiting else ''}; log {head.log_path}"
+        )
     return lines, active, dead
 
 

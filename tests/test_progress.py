@@ -403,6 +403,16 @@ def test_follow_leaves_on_ctrl_c_without_stopping_the_run_and_ends_with_it(
         assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("running",)]
         assert staying.poll() is None, "the other follower stays while the run goes on"
 
+        # each running chunk's first item waits at the gate: as many items running now as
+        # chunks the cores run at once (the head records started attempts every 10 s)
+        def running_and_queued() -> tuple[int, int] | None:
+            once = run_cli("--config", str(cfg), "follow", "--batch", str(batch), "--once", cwd=tmp_path)
+            found = re.search(r", (\d+) running now, (\d+) queued", once.stdout)
+            return (int(found[1]), int(found[2])) if found and found[1] != "0" else None
+
+        running, queued = wait_for(running_and_queued, 60, "chunks recorded running")
+        assert running + queued == 8 and running <= 4, (running, queued)
+
         gate.touch()
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
@@ -435,3 +445,58 @@ def test_follow_usage_errors(tmp_path: Path, scratch_db: dict[str, Any]) -> None
     assert bad.returncode == 2 and "--interval 0: must be more than 0 seconds" in bad.stderr
     helped = run_cli("follow", "--help", cwd=tmp_path)
     assert "exit 130" in helped.stdout.replace("\n", " ") and "--once" in helped.stdout
+
+
+def test_follow_right_after_a_detached_run_stays_to_its_end(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    cfg, batch = setup_batch(tmp_path, scratch_db, paths=[f"p{i}" for i in range(4)], batch_size=2)
+    detached = run_cli("--config", str(cfg), "run", "--batch", str(batch), "--detach", cwd=tmp_path)
+    assert detached.returncode == 0, detached.stderr
+    # at once: the head may not have taken the batch's lease yet, nor recorded its run
+    followed = run_cli("--config", str(cfg), "follow", "--batch", str(batch), cwd=tmp_path)
+    assert followed.returncode == 0, followed.stderr
+    (run_id,) = q(pg_conn, "SELECT run_id::text FROM ecod_schema.ecod_jobs_run")[0]
+    assert f"  head of run {run_id}: pid " in followed.stdout, "where the head runs"
+    assert followed.stdout.splitlines()[-1] == (
+        f"batch {batch} 'wf': no run open; 4 succeeded, 0 failed, 0 skipped, 0 pending,"
+        " 0 processing of 4 items"
+    )
+    assert q(pg_conn, "SELECT status FROM ecod_schema.ecod_jobs_run") == [("success",)]
+
+
+def test_a_head_still_to_start_keeps_follow_going_until_it_is_gone(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any
+) -> None:
+    """A detached head recorded by `run --detach` but not yet running its run (waiting in
+    SLURM's queue, or a daemon starting) has no lease and no run record: follow waits for
+    it, and stops waiting once its process is gone."""
+    import socket
+
+    _, batch = setup_batch(tmp_path, scratch_db, paths=["p1"])
+    db = Database({"database": scratch_db})
+    head = subprocess.Popen(["sleep", "60"])  # stands for the daemon, alive and then gone
+    try:
+        run_id = "0c2d6f0e-5b1a-4c3e-9f7d-2a4b6c8d0e1f"
+        q(
+            pg_conn,
+            "INSERT INTO ecod_schema.ecod_jobs_head (run_id, batch_id, job_type, kind, host, pid, log_path)"
+            " VALUES (%s, %s, 'echo', 'local', %s, %s, '/logs/head.log') RETURNING run_id",
+            run_id,
+            batch,
+            socket.gethostname(),
+            head.pid,
+        )
+        state = BatchProgress(db, batch).read()
+        assert state.active
+        assert state.snapshot.runs == (
+            f"head of run {run_id}: pid {head.pid} on {socket.gethostname()}, to start; log /logs/head.log",
+        )
+    finally:
+        head.kill()
+        head.wait()
+    state = BatchProgress(db, batch).read()
+    assert not state.active, "a head whose process is gone will not start its run"
+    assert state.snapshot.runs == (
+        f"head of run {run_id}: pid {head.pid} on {socket.gethostname()}; log /logs/head.log",
+    )
