@@ -2,7 +2,7 @@
 
 Two halves. The data side is plain values read from PostgreSQL: a
 :class:`ProgressSnapshot` (items done, failed, running now, queued, per pipeline
-stage, and one description per open run), read by :class:`RunProgress` (one
+stage, and one line per open run and detached head: :func:`describe_runs`), read by :class:`RunProgress` (one
 run, for ``run``) or :class:`BatchProgress` (the whole batch, for ``follow``),
 and a :class:`RateEstimator` (items/s over a sliding window, and the ETA). The
 view, :class:`ProgressView`, draws snapshots: a rich live display on a terminal,
