@@ -2,12 +2,13 @@
 
 Two halves. The data side is plain values read from PostgreSQL: a
 :class:`ProgressSnapshot` (items done, failed, running now, queued, per pipeline
-stage, and one line per open run and detached head: :func:`describe_runs`), read by :class:`RunProgress` (one
-run, for ``run``) or :class:`BatchProgress` (the whole batch, for ``follow``),
-and a :class:`RateEstimator` (items/s over a sliding window, and the ETA). The
-view, :class:`ProgressView`, draws snapshots: a rich live display on a terminal,
-plain timestamped lines otherwise (a SLURM or nohup log: no ANSI codes, no
-carriage returns). The view only reads; leaving it never touches a run.
+stage, and one line per open run and detached head, from :func:`describe_runs`),
+read by :class:`RunProgress` (one run, for ``run``) or :class:`BatchProgress` (the
+whole batch, for ``follow``), and a :class:`RateEstimator` (items/s over a sliding
+window, and the ETA). The view, :class:`ProgressView`, draws snapshots: a rich
+live display on a terminal, plain timestamped lines otherwise (a SLURM or nohup
+log: no ANSI codes, no carriage returns). The view only reads; leaving it never
+touches a run.
 """
 
 from __future__ import annotations
