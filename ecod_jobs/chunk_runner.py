@@ -105,6 +105,23 @@ def item_outputs(plan: Plan, item: Mapping[str, Any]) -> dict[str, str]:
     return {ft: render_output(template, values) for ft, template in plan.out_templates.items()}
 
 
+def item_command(plan: Plan, item: Mapping[str, Any], outputs: Mapping[str, str]) -> str:
+    """The shell command an item runs (``outputs``: :func:`item_outputs`); a function of the
+    plan and the manifest alone, so ``ecod-jobs logs`` can name it again for older records."""
+    return render_command(
+        plan.command,
+        {
+            "item_id": item["process_id"],
+            "path": item["path"],
+            "output_dir": plan.output_dir,
+            "threads": plan.threads,
+            "batch_id": plan.batch_id,
+            "protein_id": item.get("protein_id"),
+        },
+        {ft: os.path.join(plan.base_path or plan.output_dir, rel) for ft, rel in outputs.items()},
+    )
+
+
 def check_stage_results(
     plan: Plan, outputs: Mapping[str, str], metrics_file: Path | None, record: dict[str, Any]
 ) -> str | None:
@@ -231,26 +248,34 @@ def run_item(
         outputs = item_outputs(plan, item)
     except (ValueError, KeyError) as exc:
         return finish("error", None, f"cannot name the item's outputs: {exc}")
-    command = render_command(
-        plan.command,
-        {
-            "item_id": item["process_id"],
-            "path": item["path"],
-            "output_dir": plan.output_dir,
-            "threads": plan.threads,
-            "batch_id": plan.batch_id,
-            "protein_id": item.get("protein_id"),
-        },
-        {ft: os.path.join(plan.base_path or plan.output_dir, rel) for ft, rel in outputs.items()},
-    )
+    command = item_command(plan, item, outputs)
     metrics_file = None
     if plan.pipeline_stage:  # the command reports numbers here (README, "Pipelines")
         metrics_file = Path(plan.output_dir) / ".ecod_jobs_metrics" / f"{os.getpid()}.{item['process_id']}"
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.unlink(missing_ok=True)
         env = {**env, METRICS_ENV: str(metrics_file)}
+    record["command"] = command
+    # Where the item's output lands in the chunk log, so that `ecod-jobs logs` reads
+    # only its bytes: the header, then its stdout (the item writes straight to the
+    # log's file), then its stderr (written here once it ends). Sizes after a flush:
+    # the log is opened for appending, and the item's writes move no offset of ours.
+    log.flush()
+    header_at = _size(log)
     log.write(f"### item {item['process_id']} {_now()}: {command}\n".encode(errors="replace"))
     log.flush()
+    stdout_at = _size(log)
+
+    def write_stderr(err: bytes) -> None:
+        stderr_at = _size(log)
+        log.write(err)
+        log.flush()
+        record["log"] = {
+            "header": header_at,
+            "stdout": [stdout_at, stderr_at - stdout_at],
+            "stderr": [stderr_at, len(err)],
+        }
+
     timeout = plan.item_timeout or None
     proc = subprocess.Popen(
         ["bash", "-c", command],
@@ -270,11 +295,11 @@ def run_item(
         signal_group(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         tail = err.decode(errors="replace")
-        log.write(err)
+        write_stderr(err)
         return finish("error", None, f"timed out after {timeout} s", tail)
     finally:
         _current = None
-    log.write(err)
+    write_stderr(err)
     tail = err.decode(errors="replace")
     if -proc.returncode in _STOP_SIGNALS:
         # SLURM's cancel (and recovery) signal every process of the job, the item
@@ -293,6 +318,11 @@ def run_item(
         last = tail.strip().splitlines()[-1] if tail.strip() else ""
         error = f"exit code {proc.returncode}" + (f": {last[:300]}" if last else "")
     return finish("error", proc.returncode, error, tail)
+
+
+def _size(log: Any) -> int:
+    """The size of the (flushed) chunk log: where the next write lands."""
+    return os.fstat(log.fileno()).st_size
 
 
 def hold_chunk_lock(path: Path, wait: float = 120) -> int:

@@ -286,6 +286,19 @@ def cmd_follow(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .insight import item_logs
+
+    db = require_schema(Database(config), needed_by="logs")
+    found = item_logs.item_log(db, config, args.batch, args.item, stage=args.stage, attempt=args.attempt)
+    tail = None if args.full else args.tail
+    if args.json:
+        print(json.dumps(item_logs.to_dict(found, tail, limit=1 << 62), indent=2, ensure_ascii=False))
+    else:
+        item_logs.write_text(found, sys.stdout, tail)
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .config import job_type_spec
     from .db import require_batch
@@ -564,6 +577,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--batch", type=int, required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    logs = add(
+        sub, "logs", cmd_logs, "an item's command, exit, node and output: its latest attempt, or another"
+    )
+    logs.add_argument("--batch", type=int, required=True)
+    logs.add_argument("--item", type=int, required=True, metavar="PROCESS_ID", help="the item's process id")
+    logs.add_argument("--stage", help="a pipeline stage (default: the latest failed, else the latest)")
+    logs.add_argument(
+        "--attempt",
+        type=_positive,
+        metavar="N",
+        help="the item's Nth attempt, oldest first (default: latest)",
+    )
+    logs.add_argument("--full", action="store_true", help="all of stdout and stderr, not their tails")
+    logs.add_argument(
+        "--tail", type=_positive, default=40, metavar="LINES", help="lines of each stream shown (default 40)"
+    )
+    logs.add_argument("--json", action="store_true", help="machine-readable output")
+
     sync = add(sub, "sync", cmd_sync, "rebuild the batch's database state from its result files")
     sync.add_argument("--batch", type=int, required=True)
     sync.add_argument("--job-type", help="only this job type")
@@ -594,6 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--port", type=_port, default=8050, help="TCP port (default 8050)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: expected 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {value}: expected 1 or more")
+    return value
 
 
 def _port(text: str) -> int:

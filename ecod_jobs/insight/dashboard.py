@@ -5,6 +5,8 @@
     GET /api/batches                      batches with counts and progress
     GET /api/batches/{id}                 one batch: counts, stages, jobs, plots, failures, runs
     GET /api/batches/{id}/failed          failed items, ``?limit=`` (<= 1000) and ``?offset=``
+    GET /batches/{id}/items/{pid}/log     one item's attempts and output (page)
+    GET /api/batches/{id}/items/{pid}/log ``?stage=&attempt=&full=1``: what ``ecod-jobs logs`` shows
     GET /static/{name}                    view.js, style.css, plotly.min.js (from the plotly wheel)
 
 Read-only by construction: only GET routes, and every connection runs with
@@ -31,12 +33,13 @@ from starlette.routing import Route
 
 from ..db import Database, require_batch, snapshot
 from ..exceptions import DatabaseError, DatabaseUnavailableError, ValidationError
-from . import data, figures
+from . import data, figures, item_logs
 from .auth import Token, TokenMiddleware, is_loopback
 from .data import require_schema
 from .report import environment, plotly_js, static_text
 
 DASHBOARD_JOB_LIMIT = 2000  # chunk jobs in the plots: the latest
+FULL_LOG_LIMIT = 16 << 20  # bytes of each stream an item's page shows with ?full=1
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self';"
     " style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
@@ -87,7 +90,8 @@ def create_app(
 
     def page(request: Request) -> HTMLResponse:
         batch_id = request.path_params.get("batch_id")
-        html = environment().get_template("dashboard.html.j2").render(batch_id=batch_id)
+        item_id = request.path_params.get("process_id")
+        html = environment().get_template("dashboard.html.j2").render(batch_id=batch_id, item_id=item_id)
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
     def static(request: Request) -> Response:
@@ -120,8 +124,23 @@ def create_app(
             items = data.failed_items(snap, batch_id, batch.base_path, limit=limit, offset=offset)
         return _json({"batch_id": batch_id, "limit": limit, "offset": offset, "items": items})
 
+    def api_item_log(request: Request) -> JSONResponse:
+        attempt = _int_param(request, "attempt", 0, 1, 10**6) if "attempt" in request.query_params else None
+        full = request.query_params.get("full") in ("1", "true")
+        with snapshot(db) as snap:
+            found = item_logs.item_log(
+                snap,
+                config or {},
+                request.path_params["batch_id"],
+                request.path_params["process_id"],
+                stage=request.query_params.get("stage") or None,
+                attempt=attempt,
+            )
+        return _json(item_logs.to_dict(found, None if full else item_logs.TAIL_LINES, FULL_LOG_LIMIT))
+
     async def bad_request(request: Request, exc: Exception) -> JSONResponse:
-        return _json({"error": str(exc)}, 404 if "does not exist" in str(exc) else 400)
+        missing = isinstance(exc, item_logs.ItemNotFound) or "does not exist" in str(exc)
+        return _json({"error": str(exc)}, 404 if missing else 400)
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         return _json({"error": str(exc)}, 503)
@@ -136,6 +155,8 @@ def create_app(
             Route("/api/batches", api_batches),
             Route("/api/batches/{batch_id:int}", api_batch),
             Route("/api/batches/{batch_id:int}/failed", api_failed),
+            Route("/batches/{batch_id:int}/items/{process_id:int}/log", page),
+            Route("/api/batches/{batch_id:int}/items/{process_id:int}/log", api_item_log),
             Route("/static/{name}", static),
         ],
         middleware=[*guard, Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_NAMES)],

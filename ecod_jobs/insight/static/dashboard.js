@@ -4,7 +4,8 @@
 
 (() => {
   const root = document.getElementById("app");
-  const batchId = root.dataset.batchId;
-  if (batchId) ECOD.watchBatch(root, batchId);
+  const batchId = root.dataset.batchId, itemId = root.dataset.itemId;
+  if (batchId && itemId) ECOD.showItemLog(root, batchId, itemId, new URLSearchParams(location.search));
+  else if (batchId) ECOD.watchBatch(root, batchId);
   else ECOD.watchBatches(root);
 })();

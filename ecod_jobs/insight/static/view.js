@@ -227,9 +227,20 @@ const ECOD = (() => {
     return section("Slowest", ...parts);
   }
 
-  function failures(v) {
+  // On the dashboard (links): an item's id leads to its attempts and output.
+  const itemHref = (batchId, pid, params) => {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(params || {})) {
+      if (value !== null && value !== undefined && value !== "") query.set(key, value);
+    }
+    const search = query.toString();
+    return `/batches/${encodeURIComponent(batchId)}/items/${encodeURIComponent(pid)}/log${search ? `?${search}` : ""}`;
+  };
+
+  function failures(v, links) {
     const f = v.failures;
-    const paths = (g) => el("ul", { class: "paths" }, ...g.items.map((i) => el("li", {}, `${i.process_id} ${i.path}`)));
+    const item = (pid) => (links ? el("a", { class: "item-log", href: itemHref(v.batch.id, pid) }, pid) : pid);
+    const paths = (g) => el("ul", { class: "paths" }, ...g.items.map((i) => el("li", {}, item(i.process_id), ` ${i.path}`)));
     return section(
       `Failed items (${num(f.failed)})`,
       f.sampled < f.failed ? el("p", { class: "note" }, `Grouped from the first ${num(f.sampled)} failed items.`) : null,
@@ -237,7 +248,7 @@ const ECOD = (() => {
         ["stage", (g) => g.stage], ["examples", paths]], f.groups, "No failed items."),
       v.failed_items && v.failed_items.length
         ? el("details", {}, el("summary", {}, `The first ${v.failed_items.length} failed items`),
-          table("failed-items", [["item", (i) => i.process_id], ["path", (i) => i.path],
+          table("failed-items", [["item", (i) => item(i.process_id)], ["path", (i) => i.path],
             ["error", (i) => i.error || ""], ["when", (i) => when(i.updated_at)]], v.failed_items, ""))
         : null
     );
@@ -269,12 +280,12 @@ const ECOD = (() => {
 
   const PLOT_CONFIG = { displaylogo: false, responsive: true };
 
-  function draw(parts, v) {
+  function draw(parts, v, links) {
     parts.summary.replaceChildren(summary(v));
     parts.stages.replaceChildren(...(v.stages ? [stages(v)] : []));
     parts.resources.replaceChildren(resources(v));
     parts.slowest.replaceChildren(slowest(v));
-    parts.failures.replaceChildren(failures(v));
+    parts.failures.replaceChildren(failures(v, links));
     parts.jobs.replaceChildren(jobs(v));
     parts.runs.replaceChildren(runs(v));
     if (window.Plotly) {
@@ -314,7 +325,7 @@ const ECOD = (() => {
       try {
         const v = await getJSON(`/api/batches/${encodeURIComponent(batchId)}`);
         if (!parts) parts = skeleton(root);
-        draw(parts, v);
+        draw(parts, v, true);
         document.title = `ecod-jobs: batch ${v.batch.id} ${v.batch.name}`;
         delay = v.active ? LIVE_MS : IDLE_MS;
         setStatus(`updated ${new Date().toLocaleTimeString()}; ` +
@@ -350,5 +361,84 @@ const ECOD = (() => {
     }
   }
 
-  return { renderReport, watchBatch, watchBatches };
+  // One item's attempts and output (``ecod-jobs logs``): drawn once, from
+  // /api/batches/{id}/items/{pid}/log with the page's own query (stage, attempt, full).
+  function streamAbout(s, full, tailLines) {
+    let what;
+    if (s.missing) what = s.missing + (s.text ? "; the record's copy of its end follows" : "");
+    else if (s.total_bytes === null) what = s.note || "from the record";
+    else if (s.total_bytes === 0) what = "empty";
+    else if (s.complete) what = `all ${num(s.total_bytes)} bytes`;
+    else if (full) what = `the first ${num(s.shown_bytes)} of ${num(s.total_bytes)} bytes`;
+    else what = `the last ${tailLines} lines of ${num(s.total_bytes)} bytes`;
+    if (s.note && s.total_bytes !== null) what += ` (${s.note})`;
+    return what;
+  }
+
+  function itemLogView(r, params) {
+    const a = r.attempt, full = params.get("full") === "1";
+    const here = (extra) => itemHref(r.batch_id, r.process_id, { stage: r.stage, attempt: a.number, ...extra });
+    const fact = (label, value) => el("tr", {}, el("th", {}, label), el("td", { "data-field": label }, value));
+    const facts = el("table", { id: "attempt-facts" },
+      fact("command", a.command === null ? `(none: ${a.note || "not known"})` : el("code", { id: "command" }, a.command)),
+      fact("status", a.status), fact("exit code", a.exit_code === null ? "-" : a.exit_code),
+      fact("error", a.error || "-"), fact("node", a.node || "-"), fact("SLURM id", a.slurm_job_id || "-"),
+      fact("chunk", `${a.chunk_id}, its attempt ${a.chunk_attempt}`), fact("run", a.run_id),
+      fact("started", when(a.start)), fact("ended", when(a.end)), fact("runtime", secs(a.seconds)),
+      fact("log", a.log_path || "-"));
+    const streams = ["stdout", "stderr"].map((name) => {
+      const s = a[name];
+      return section(name,
+        el("p", { class: "note", id: `${name}-about` }, streamAbout(s, full, r.tail_lines),
+          !s.complete && s.total_bytes ? el("a", { href: here({ full: 1 }), class: "full-log" }, " show all") : null),
+        s.text ? el("pre", { id: name, class: "log" }, s.text) : null);
+    });
+    const what = r.pipeline ? `stage ${r.stage}` : `job type ${r.stage}`;
+    const stages = r.pipeline || r.stages.length > 1
+      ? el("p", { class: "meta", id: "stages" }, "Stages: ", ...r.stages.flatMap((s, i) => [
+        i ? "; " : "",
+        s.runs ? el("a", { href: itemHref(r.batch_id, r.process_id, { stage: s.name }) }, s.name) : s.name,
+        ` ${s.status}`, !s.runs && s.detail ? ` (${s.detail})` : ""]))
+      : null;
+    return [
+      el("h1", {}, `Item ${r.process_id} of `, el("a", { href: `/batches/${r.batch_id}` }, `batch ${r.batch_id}`)),
+      el("p", { class: "meta" }, `${r.path} · status ${r.item_status} · ${what}: attempt ${a.number} of ${r.attempts.length}`),
+      stages,
+      facts,
+      ...streams,
+      section("Attempts",
+        table("attempts", [
+          ["#", (x) => (x.number === a.number ? el("strong", {}, x.number)
+            : el("a", { href: itemHref(r.batch_id, r.process_id, { stage: r.stage, attempt: x.number }) }, x.number))],
+          ["status", (x) => x.status], ["exit", (x) => (x.exit_code === null ? "-" : x.exit_code)],
+          ["run", (x) => x.run_id], ["chunk", (x) => x.chunk_id], ["chunk attempt", (x) => x.chunk_attempt],
+          ["node", (x) => x.node || "-"], ["SLURM id", (x) => x.slurm_job_id || "-"],
+          ["started", (x) => when(x.start)], ["error", (x) => x.error || ""]],
+        r.attempts, "No attempts.")),
+    ];
+  }
+
+  async function showItemLog(root, batchId, itemId, params) {
+    const query = new URLSearchParams();
+    for (const key of ["stage", "attempt", "full"]) if (params.get(key)) query.set(key, params.get(key));
+    const url = `/api/batches/${encodeURIComponent(batchId)}/items/${encodeURIComponent(itemId)}/log` +
+      (query.toString() ? `?${query}` : "");
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      const body = await response.json();
+      if (!response.ok) {
+        root.replaceChildren(el("h1", {}, `Item ${itemId} of batch ${batchId}`),
+          el("p", { class: "error", id: "log-error" }, body.error || `HTTP ${response.status}`));
+        setStatus(`HTTP ${response.status}`, true);
+        return;
+      }
+      root.replaceChildren(...itemLogView(body, params).filter((part) => part !== null));
+      document.title = `ecod-jobs: item ${body.process_id} of batch ${body.batch_id}`;
+      setStatus(`read ${new Date().toLocaleTimeString()}; reload for newer`);
+    } catch (err) {
+      setStatus(`could not read: ${err.message}`, true);
+    }
+  }
+
+  return { renderReport, watchBatch, watchBatches, showItemLog };
 })();
