@@ -559,9 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
         " runs, wherever they were started; it exits 0 once no run is open, and Ctrl-C leaves it with"
         " exit 130 without stopping any run"
     )
-    follow_p = sub.add_parser("follow", aliases=["watch"], help=follow_help, description=follow_help)
+    follow_p = sub.add_parser(
+        "follow",
+        aliases=["watch"],
+        help="a live view of the batch's runs (Ctrl-C leaves it; the runs go on)",
+        description=follow_help,
+    )
     follow_p.set_defaults(handler=cmd_follow)
-    follow_p.add_argument("--batch", type=int, required=True)
+    follow_p.add_argument("--batch", type=int, required=True, help="batch id")
     follow_p.add_argument(
         "--once", action="store_true", help="print one snapshot as plain lines and exit 0 (for scripts)"
     )
