@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,44 +140,14 @@ def cmd_batch_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return 0
 
 
-class ProgressBar:
-    """Items done of those planned, redrawn in place on a terminal, a line a minute otherwise."""
-
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last_line = ""
-        self.last_time = 0.0
-
-    def __call__(self, counts: dict[str, int], planned: int) -> None:
-        import time
-
-        done = counts.get("success", 0) + counts.get("error", 0) + counts.get("skipped", 0)
-        width = 30
-        filled = int(width * done / planned) if planned else width
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{planned} items done,"
-            f" {counts.get('error', 0)} failed"
-        )
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + line)
-            self.stream.flush()
-        elif line != self.last_line and now - self.last_time >= 60:
-            self.stream.write(line + "\n")
-            self.last_time = now
-        self.last_line = line
-
-    def close(self) -> None:
-        if self.tty and self.last_line:
-            self.stream.write("\n")
-
-
 def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from .head import Head
     from .launch import run_batch
+    from .progress import ProgressView
 
-    bar = None if args.detach else ProgressBar()
+    # on stderr: stdout keeps only the summary below; a detached run has its own view in
+    # its head's log, and `ecod-jobs follow` attaches one here
+    view = None if args.detach else ProgressView(sys.stderr)
     try:
         result = run_batch(
             args.batch,
@@ -189,12 +160,12 @@ def cmd_run(args: argparse.Namespace, config: dict[str, Any]) -> int:
             stages=args.stages.split(",") if args.stages else None,
             from_stage=args.from_stage,
             rerun=args.rerun,
-            progress=bar,
+            progress=None if view is None else view.update,
             detach=args.detach,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        if view is not None:
+            view.close()
     if isinstance(result, Head):
         where = result.where() if result.kind == "slurm" else f"a daemon ({result.where()})"
         print(f"run {result.run_id}: its head runs as {where}")
@@ -284,6 +255,34 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any]) -> int:
         print("failed items:")
         for item in report["failed_items"][:20]:
             print(f"  {item['process_id']} {item['path']}: {item['error']}")
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from .progress import BatchProgress, ProgressView, final_line, follow, plain_lines
+
+    if args.interval <= 0:
+        raise ValidationError(f"--interval {args.interval:g}: must be more than 0 seconds")
+    source = BatchProgress(require_schema(Database(config), needed_by="follow"), args.batch, config)
+    if args.once:
+        state = source.read(fresh=True)
+        for line in plain_lines(state.snapshot, None, None, datetime.now()):
+            print(line)
+        return 0
+    view = ProgressView(sys.stdout)
+    try:
+        state = follow(source, view, interval=args.interval)
+    except KeyboardInterrupt:
+        view.close()
+        # Only this view stops: follow never signals or writes anything of the run.
+        print(
+            f"ecod-jobs: left the view; batch {args.batch}'s runs go on"
+            f" (ecod-jobs follow --batch {args.batch} comes back)",
+            file=sys.stderr,
+        )
+        return 130
+    view.close()
+    print(final_line(state))
     return 0
 
 
@@ -554,6 +553,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("dest", metavar="DEST", help="directory to copy into (created if missing)")
     copy.add_argument("--force", action="store_true", help="replace DEST/local and DEST/slurm if present")
+
+    follow_help = (
+        "attach a live view (items done, failed, running, rate, ETA, stages, open runs) to the batch's"
+        " runs, wherever they were started; it exits 0 once no run is open, and Ctrl-C leaves it with"
+        " exit 130 without stopping any run"
+    )
+    follow_p = sub.add_parser(
+        "follow",
+        aliases=["watch"],
+        help="a live view of the batch's runs (Ctrl-C leaves it; the runs go on)",
+        description=follow_help,
+    )
+    follow_p.set_defaults(handler=cmd_follow)
+    follow_p.add_argument("--batch", type=int, required=True, help="batch id")
+    follow_p.add_argument(
+        "--once", action="store_true", help="print one snapshot as plain lines and exit 0 (for scripts)"
+    )
+    follow_p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between two polls of the database (default 2)",
+    )
 
     status = add(sub, "status", cmd_status, "counts by status, jobs, failed items of a batch")
     status.add_argument("--batch", type=int, required=True)

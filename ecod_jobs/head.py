@@ -331,6 +331,7 @@ def run_head(spec: HeadSpec) -> int:
     from .config import load_config
     from .exceptions import USAGE_ERRORS
     from .launch import run_batch
+    from .progress import ProgressView
 
     _workflow_environment()
     config = load_config(spec.config_path)
@@ -339,9 +340,9 @@ def run_head(spec: HeadSpec) -> int:
     print(f"ecod-jobs: head of run {spec.run_id} (batch {spec.batch_id}) on {where}", flush=True)
     _mark_started(db, spec.run_id)
     code = 1
+    # not a terminal: plain progress lines in the head's log, as ecod-jobs run writes them
+    view = ProgressView(sys.stdout)
     try:
-        from .cli import ProgressBar
-
         result = run_batch(
             spec.batch_id,
             profile=spec.profile,
@@ -354,9 +355,10 @@ def run_head(spec: HeadSpec) -> int:
             rerun=spec.rerun,
             run_id=spec.run_id,
             head=True,
-            progress=ProgressBar(sys.stdout),
+            progress=view.update,
             **spec.snakemake_options,
         )
+        view.close()
         code = print_run_result(result, spec.batch_id, spec.retry_failed)
     except ECODError as exc:
         print(f"ecod-jobs: error: {exc}", file=sys.stderr)
@@ -365,6 +367,7 @@ def run_head(spec: HeadSpec) -> int:
         print(f"ecod-jobs: head interrupted{f' by {exc}' if str(exc) else ''}", file=sys.stderr)
         code = 128 + int(getattr(exc, "signum", 2))
     finally:
+        view.close()
         try:
             mark_ended(db, spec.run_id, code)
         except ECODError as exc:

@@ -48,13 +48,16 @@ from .lease import acquire_all, release
 from .pipelines import PipelineSpec, pipeline_spec, select_stages
 from .plan import count_needing_work
 from .processes import STOP_STEPS, describe_stop, is_snakemake, signal_group, stop_workflow
+from .progress import ProgressSnapshot, RunProgress
 from .run_record import is_alive
 from .states import RunStatus
 from .sync import sync_batch
 
 SLURM_PROFILE_JOBS = 10000  # profiles/slurm: jobs and max-jobs-per-timespan
 
-ProgressCallback = Callable[[dict[str, int], int], None]
+# Called about every second while the workflow runs, and once at its end, with the run's
+# progress (ecod_jobs.progress); ecod-jobs run draws it.
+ProgressCallback = Callable[[ProgressSnapshot], None]
 
 
 @dataclass
@@ -190,7 +193,7 @@ def run_batch(
     os.umask(os.umask(0) | 0o002)
     db = Database(config)
     init_schema(db)
-    require_batch(db, batch_id)
+    batch = require_batch(db, batch_id)
     if detach:
         if dry_run:
             raise ConfigurationError("--detach and --dry-run do not go together: a dry run writes nothing")
@@ -240,11 +243,17 @@ def run_batch(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = (log_dir / f"run-{run_id}.log").resolve()
 
-    def watch(proc: subprocess.Popen[bytes]) -> None:
-        if progress is not None and not dry_run:
+    source = None
+    if progress is not None and not dry_run:
+        source = RunProgress(
+            db, batch_id, run_id, pending, name=batch.batch_name, config=config, log_path=log_path
+        )
+
+    def watch(proc: subprocess.Popen[bytes] | None = None, fresh: bool = False) -> None:
+        if progress is not None and source is not None:
             # progress is cosmetic; never let it stop the run
             with contextlib.suppress(Exception):
-                progress(status_counts(db, batch_id, run_id), pending)
+                progress(source.read(fresh=fresh))
 
     def settle() -> None:
         if not dry_run:
@@ -252,6 +261,7 @@ def run_batch(
 
     try:
         returncode = _run_workflow(argv, env, log_path, run_id, watch=watch, on_stop=settle, die_on_stop=head)
+        watch(fresh=True)  # the numbers the run ended with
     finally:
         if not dry_run:
             # the workflow released it already, unless the database is away (then the
