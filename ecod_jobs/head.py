@@ -43,6 +43,8 @@ from .processes import pid_alive
 
 HEAD_DEFAULTS = {"head_time": "7-00:00:00", "head_memory": "2G", "head_cpus": 1}
 HEAD_JOB_ENV = "ECOD_JOBS_HEAD_JOB"  # the head's SLURM job id, in the workflow's environment
+# Head.state() of a head that is queued or running: it may still start (or be) its run
+LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "running")
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ def run_batch(
 def _detach(db: Database, config: Mapping[str, Any], work: _WorkSpec, on_slurm: bool, spec: HeadSpec) -> Any:
     """Start ``spec``'s head after the checks the head would make at once: a live run (or
     another head still to start) holding the batch is refused here, not in a log later."""
-    from .head import open_heads, start_head
+    from .head import LIVE_STATES, open_heads, start_head
     from .lease import holder
 
     for key in work.lease_keys:
@@ -303,7 +303,7 @@ def _detach(db: Database, config: Mapping[str, Any], work: _WorkSpec, on_slurm: 
                 f" {current['run_id']} on host {current['host']} (pid {current['pid']})"
             )
     for head in open_heads(db, spec.batch_id):
-        if head.state() in ("PENDING", "CONFIGURING", "running") and not run_record.has_run(db, head.run_id):
+        if head.state() in LIVE_STATES and not run_record.has_run(db, head.run_id):
             raise RunConflictError(
                 f"batch {spec.batch_id} has a detached head still to start: {head.describe()}"
                 f" (ecod-jobs cancel --batch {spec.batch_id} stops it)"

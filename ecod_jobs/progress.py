@@ -27,7 +27,7 @@ from psycopg2 import sql
 
 from . import run_record
 from .db import Database, require_batch, snapshot, status_counts
-from .head import Head, open_heads
+from .head import LIVE_STATES, Head, open_heads
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -228,7 +228,7 @@ class BatchProgress:
 
 
 HEAD_STATE_EVERY = 30.0  # seconds between two squeue calls about a head still to start
-_WAITING = ("PENDING", "CONFIGURING", "RUNNING", "running", "unknown")  # Head.state(): may start
+_WAITING = (*LIVE_STATES, "unknown")  # Head.state() of a head that may start its run
 
 
 def describe_runs(

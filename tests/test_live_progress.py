@@ -57,7 +57,7 @@ def test_items_of_a_running_slurm_chunk_reach_the_database(
         batch, profile="slurm", config_path=cfg, ecod_slurm_init_seconds_before_status_checks=5
     )
     # 10 items of 3 s: the chunk runs about 30 s, and the head records every 10 s
-    status, slurm_id, node, start, succeeded = wait_for(
+    _, slurm_id, node, start, succeeded = wait_for(
         lambda: _mid_chunk(pg_conn), timeout=150, what="items of the running chunk recorded done"
     )
     assert slurm_id and "_" in slurm_id, "the job row holds the array task's SLURM id"
@@ -79,7 +79,7 @@ def test_items_of_a_running_local_chunk_reach_the_database(
     cfg, batch = setup_batch(tmp_path, scratch_db, batch_size=10, command=SLOW, paths=paths)
     (tmp_path / "echo").mkdir()
     thread, results = _run_in_background(batch, config_path=cfg, cores=1)
-    status, slurm_id, node, start, _ = wait_for(
+    _, slurm_id, node, start, _ = wait_for(
         lambda: _mid_chunk(pg_conn), timeout=60, what="items of the running chunk recorded done"
     )
     assert slurm_id is None and node and start is not None
