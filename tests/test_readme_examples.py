@@ -518,6 +518,18 @@ def check_pipeline_cli(world: World, out: str) -> None:
         conn.close()
 
 
+def check_running_for_days(world: World, out: str) -> None:
+    detach, follow, status, logs = world.ran
+    assert detach.returncode == 0, detach.stdout + detach.stderr
+    assert "its head runs as SLURM job" in detach.stdout, detach.stdout
+    # follow ends by itself once the detached run is over
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert "no run open; 3 succeeded" in follow.stdout, follow.stdout
+    assert status.returncode == 0 and re.search(r"success\s+3\b", status.stdout), status.stdout
+    assert logs.returncode == 0 and "sha256sum" in logs.stdout and "exit code 0" in logs.stdout, logs.stdout
+    assert world.statuses(1) == {"success": 3}
+
+
 RUN_BATCH_CLI = (
     "sh: ecod-jobs batch create --name pdb_2026_11 --items chains.tsv --base-path /data/ecod/batch_031"
 )
@@ -526,6 +538,9 @@ JOB_MANAGER = "python: from ecod_jobs import create_job_manager"
 EXAMPLES: dict[str, Example] = {
     "sh: ecod-jobs run --batch 1 --pipeline ecod # add --profile slurm on the cluster": Example(
         check_pipeline_cli, setup_pipeline_cli, slow=True
+    ),
+    "sh: ecod-jobs run --batch 1 --detach --profile slurm # returns at once: log out if you like": Example(
+        check_running_for_days, setup_batch_1, slurm=True, slow=True
     ),
     "sh: make demo # a demo batch of real proteins on the embedded PostgreSQL": Example(
         check_make, setup_make, slow=True
