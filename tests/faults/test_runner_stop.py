@@ -1,4 +1,5 @@
-"""A stop that hits an item and its runner together is a stop, not an item failure."""
+"""A stop that hits an item and its runner together is a stop, not an item failure; an
+item that ended on its own is recorded whatever stop follows."""
 
 from __future__ import annotations
 
@@ -16,12 +17,21 @@ from helpers import write_plan
 from ecod_jobs.layout import RunLayout, read_jsonl
 
 
-def start_runner(tmp_path: Path) -> tuple[subprocess.Popen[bytes], RunLayout]:
+def write_chunk(tmp_path: Path, command: str, items: int = 2) -> RunLayout:
+    """Run ``run-1`` with one chunk ``c00000`` of ``items`` items (process ids 1..n) running
+    ``command``; its outputs in ``tmp_path/out``."""
     run = RunLayout(tmp_path / "run-1", "run-1")
     (run.dir / "chunks").mkdir(parents=True)
-    items = [{"process_id": 1, "path": "a"}, {"process_id": 2, "path": "b"}]
-    run.manifest("c00000").write_text("".join(json.dumps(i) + "\n" for i in items))
-    write_plan(run, "sleep 30; echo {path}", str(tmp_path / "out"), chunks=1, items_per_chunk=2)
+    rows = [{"process_id": i, "path": f"p{i}"} for i in range(1, items + 1)]
+    run.manifest("c00000").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_plan(run, command, str(tmp_path / "out"), chunks=1, items_per_chunk=items)
+    return run
+
+
+def start_runner(
+    tmp_path: Path, command: str = "sleep 30; echo {path}"
+) -> tuple[subprocess.Popen[bytes], RunLayout]:
+    run = write_chunk(tmp_path, command)
     with (tmp_path / "runner.err").open("wb") as err:  # read by the assertions
         proc = subprocess.Popen(
             [sys.executable, "-m", "ecod_jobs.chunk_runner", "--run-dir", str(run.dir), "--chunk", "c00000"],
@@ -58,6 +68,39 @@ def test_item_and_runner_stopped_together_leaves_the_item_unrecorded(tmp_path: P
     proc.send_signal(signal.SIGTERM)  # ...then the runner
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM, (tmp_path / "runner.err").read_text()
     assert list(read_jsonl(run.partial("c00000"))) == [], "an interrupted item is rerun, not failed"
+
+
+def test_a_shell_reporting_its_stopped_child_with_the_runner_stopped_leaves_the_item_unrecorded(
+    tmp_path: Path,
+) -> None:
+    """SLURM signals children before their parents: a shell that outlives its child's
+    SIGTERM exits 143 (128 + 15) itself, a moment before the runner's own stop comes."""
+    proc, run = start_runner(tmp_path, "trap : TERM; sleep 30")
+    item = item_pid(proc.pid)
+    os.killpg(item, signal.SIGTERM)  # the sleep dies; the shell goes on and exits 143
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGTERM, (tmp_path / "runner.err").read_text()
+    assert list(read_jsonl(run.partial("c00000"))) == [], "an interrupted item is rerun, not failed"
+
+
+def test_an_item_that_ends_as_the_stop_arrives_is_recorded_and_the_next_is_not_started(
+    tmp_path: Path,
+) -> None:
+    """The item's effects happened: it must be recorded, or the next run repeats them.
+
+    The item closes its stderr first, so that the runner's main thread is inside
+    ``Popen.wait`` when the stop comes (a handler that waited there for the item could
+    not reap it and lost the record), and it finishes despite the runner's SIGTERM.
+    """
+    command = "exec 2>&-; trap : TERM; echo {item_id} >> {output_dir}/ran.log; kill -TERM $PPID"
+    proc, run = start_runner(tmp_path, command)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM, (tmp_path / "runner.err").read_text()
+    records = [(r["process_id"], r["status"]) for r in read_jsonl(run.partial("c00000"))]
+    assert records == [(1, "success")]
+    assert (tmp_path / "out" / "ran.log").read_text().split() == ["1"], "item 2 never started"
+    assert not run.result("c00000").exists()
+    assert "Traceback" not in (tmp_path / "runner.err").read_text()
 
 
 def test_an_item_killed_alone_is_its_own_failure(tmp_path: Path) -> None:
