@@ -35,10 +35,11 @@ from typing import Any
 from .gates import MetricsError, parse_metrics
 from .layout import RunLayout, read_jsonl, write_atomic, write_jsonl_atomic
 from .plan_file import Plan, chunk_items, item_template_values, render_output
-from .processes import signal_group
+from .processes import kill_group, signal_group
 
 STDERR_TAIL = 2000
-_current: subprocess.Popen[bytes] | None = None
+_current: subprocess.Popen[bytes] | None = None  # the running item, until its end is known
+_stop = 0  # the stop signal received while an item was in hand, 0 if none
 
 
 def _now() -> str:
@@ -192,6 +193,8 @@ def _die_with_runner() -> None:
 
 _PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL}
+# Held back from an item's end until its record is on disk (see run_chunk).
+_DEFERRED = {signal.SIGTERM, signal.SIGINT}
 STOP_GRACE = 1.0  # seconds
 
 
@@ -199,7 +202,17 @@ _runner_pid = 0  # set by main(); a forked item runs this module's handler until
 
 
 def _on_term(signum: int, _frame: Any) -> None:
-    """Killed by SLURM (time limit, scancel) or Snakemake: take the running item with us."""
+    """Killed by SLURM (time limit, scancel) or Snakemake: take the running item with us.
+
+    With no item in hand the runner exits at once. Otherwise it stops the item's group
+    (SIGTERM, SIGKILL after KILL_WAIT) and returns: the main thread sees the item end
+    and exits after recording it if it succeeded (it ended on its own, possibly just
+    before the stop: its effects happened) or without a record if not (rerun). Waiting
+    here with ``Popen.wait`` could not reap the item while the main thread sat in its
+    own ``wait`` (it holds Popen's waitpid lock), and exiting from here lost items that
+    had finished but were not recorded yet.
+    """
+    global _stop
     if os.getpid() != _runner_pid:
         # An item between fork and exec (start_new_session already made it a group
         # of its own) got the stop: die of it as the item would, not by raising
@@ -207,13 +220,13 @@ def _on_term(signum: int, _frame: Any) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    if _current is not None and _current.poll() is None:
-        signal_group(_current.pid, signal.SIGTERM)
-        try:
-            _current.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            signal_group(_current.pid, signal.SIGKILL)
-    sys.exit(128 + signum)
+    if _current is None:
+        sys.exit(128 + signum)
+    if _stop:  # a second signal while the first one stops the item
+        return
+    _stop = signum
+    with contextlib.suppress(PermissionError):
+        kill_group(_current.pid)
 
 
 def run_item(
@@ -298,14 +311,22 @@ def run_item(
         write_stderr(err)
         return finish("error", None, f"timed out after {timeout} s", tail)
     finally:
+        # The item has ended: a stop from now on waits until its record is written
+        # (run_chunk lets it in), so that an item that finished is never lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         _current = None
     write_stderr(err)
+    if _stop and proc.returncode != 0:
+        sys.exit(128 + _stop)  # stopped, not failed: the next attempt runs it again
     tail = err.decode(errors="replace")
-    if -proc.returncode in _STOP_SIGNALS:
-        # SLURM's cancel (and recovery) signal every process of the job, the item
-        # possibly a moment before this runner: give our own stop the chance to
-        # arrive, so that an interrupted item is rerun rather than recorded failed.
+    if -proc.returncode in _STOP_SIGNALS or proc.returncode - 128 in _STOP_SIGNALS:
+        # SLURM's cancel signals every process of the job one by one, children before
+        # their parents, the runner after its item: the item (or the shell, 128 + n,
+        # that ran it) may die a moment before our own stop. Give that stop the chance
+        # to arrive, so that an interrupted item is rerun rather than recorded failed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
         time.sleep(STOP_GRACE)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
     if proc.returncode == 0:
         if plan.pipeline_stage:
             problem = check_stage_results(plan, outputs, metrics_file, record)
@@ -397,6 +418,10 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
             partial.write(json.dumps(record, ensure_ascii=False) + "\n")
             partial.flush()
             os.fsync(partial.fileno())
+            # Recorded: a stop held back since the item's end is handled here.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+            if _stop:
+                sys.exit(128 + _stop)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = {
         **meta,
