@@ -19,7 +19,7 @@ from helpers import assert_each_item_once, commands_ran, q, run_cli, setup_batch
 
 from ecod_jobs.processes import pid_alive
 
-SLOW = "sleep {sleep}; echo {{item_id}} >> {{output_dir}}/ran.log"
+SLOW = "sleep {sleep} && echo {{item_id}} >> {{output_dir}}/ran.log"
 
 
 def _batch(

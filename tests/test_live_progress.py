@@ -13,7 +13,7 @@ from helpers import assert_each_item_once, q, setup_batch, wait_for
 
 from ecod_jobs import run_batch
 
-SLOW = "sleep 3; echo {item_id} >> {output_dir}/ran.log"
+SLOW = "sleep 3 && echo {item_id} >> {output_dir}/ran.log"
 
 
 def _mid_chunk(conn: Any) -> tuple[Any, ...] | None:
