@@ -39,9 +39,10 @@ slurm-down:
 	scripts/slurm-cluster down
 
 # SLURM tests need root to start the single-node cluster; as another user they
-# skip (or fail under CI=true) unless a cluster is already up.
+# skip (or fail under CI=true) unless a cluster is already up. The module tests
+# need Lmod (scripts/module-system installs Debian's, as root).
 test: $(STAMP) lint
-	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up && scripts/browser-deps; \
+	@if [ "$$(id -u)" = 0 ]; then scripts/slurm-cluster up && scripts/browser-deps && scripts/module-system; \
 	else echo "not root: not starting SLURM (scripts/slurm-cluster up needs root)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -27,7 +27,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,21 +156,119 @@ def check_stage_results(
     return None
 
 
-def module_environment(modules: list[str], base: Mapping[str, str]) -> dict[str, str]:
-    """The environment after ``module purge; module load ...`` (loaded once per chunk)."""
-    script = "module purge && module load " + " ".join(map(shlex.quote, modules)) + " && env -0"
-    proc = subprocess.run(
-        ["bash", "-lc", script], env=dict(base), capture_output=True, timeout=300, check=False
+# Where ``module`` comes from when the environment does not define it already (an
+# exported function, or BASH_ENV, from the login shell that started ecod-jobs or
+# submitted the job): the files named in ECOD_JOBS_MODULE_INIT (':'-separated), else
+# $MODULESHOME's init, else where Lmod and environment-modules put theirs. A
+# non-login shell and this list, not `bash -l`: a login shell's /etc/profile resets
+# PATH (Debian's does), and a user's profile may print to stdout.
+MODULE_INIT_ENV = "ECOD_JOBS_MODULE_INIT"
+MODULE_INITS = (
+    "/etc/profile.d/lmod.sh",
+    "/usr/share/lmod/lmod/init/bash",
+    "/etc/profile.d/modules.sh",
+    "/usr/share/modules/init/bash",
+)
+MODULE_TIMEOUT = 300  # seconds; a module system on a hung filesystem must not hang the chunk
+
+
+def module_init_script() -> str:
+    """Bash that defines ``module`` when it is not defined yet (it may still not be after)."""
+    default = "${MODULESHOME:+$MODULESHOME/init/bash:}" + ":".join(MODULE_INITS)
+    return (
+        "if ! type module >/dev/null 2>&1; then\n"
+        f'    IFS=: read -r -a __ecod_inits <<< "${{{MODULE_INIT_ENV}-{default}}}"\n'
+        '    for __ecod_init in "${__ecod_inits[@]}"; do\n'
+        '        if [ -r "$__ecod_init" ]; then . "$__ecod_init" >&2; fi\n'
+        "        if type module >/dev/null 2>&1; then break; fi\n"
+        "    done\n"
+        "    unset __ecod_init __ecod_inits\n"
+        "fi\n"
     )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"loading environment modules {modules} failed (exit {proc.returncode}): "
-            + proc.stderr.decode(errors="replace")[-500:]
+
+
+# Run with the modules as arguments. Exit 100: no module command; 101: purge failed;
+# 102: some did not load (stdout: each one's name and load's exit status, NUL-separated);
+# 103: a load failed although all are loaded; 0: stdout is the environment (env -0).
+# One load per module, as a job script has them: Lmod loads none of `module load a b`
+# when b is unknown, and the error must name b alone. Loaded is what `module
+# is-loaded` says, not load's exit status: some module systems (and versions of them)
+# exit 0 after a module they could not find.
+_LOAD_SCRIPT = """type module >/dev/null 2>&1 || exit 100
+module purge >&2 || exit 101
+__ecod_failed=0
+__ecod_missing=0
+for __ecod_m in "$@"; do
+    module load "$__ecod_m" >&2
+    __ecod_status=$?
+    if ! module is-loaded "$__ecod_m" >/dev/null 2>&1; then
+        printf '%s\\0%s\\0' "$__ecod_m" "$__ecod_status"
+        __ecod_missing=1
+    elif [ "$__ecod_status" != 0 ]; then
+        __ecod_failed=$__ecod_status
+    fi
+done
+[ $__ecod_missing = 0 ] || exit 102
+[ $__ecod_failed = 0 ] || { printf '%s' "$__ecod_failed"; exit 103; }
+exec env -0
+"""
+
+
+class ModuleLoadError(RuntimeError):
+    """The chunk's environment modules cannot be loaded: the message says which and why."""
+
+
+def _said(stderr: bytes, limit: int = 200) -> str:
+    """What the module system printed, on one line (Lmod's messages span many)."""
+    text = " ".join(stderr.decode(errors="replace").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def module_environment(modules: Sequence[str], base: Mapping[str, str]) -> dict[str, str]:
+    """The environment after ``module purge; module load ...`` (loaded once per chunk).
+
+    Raises :class:`ModuleLoadError` naming the modules that did not load, or saying
+    that there is no ``module`` command at all.
+    """
+    names = ", ".join(map(repr, modules))
+    proc = subprocess.Popen(
+        ["bash", "-c", module_init_script() + _LOAD_SCRIPT, "ecod-jobs-modules", *modules],
+        env=dict(base),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a group of its own: a timeout kills Lmod's children too
+    )
+    try:
+        out, err = proc.communicate(timeout=MODULE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ModuleLoadError(f"loading environment modules [{names}] took over {MODULE_TIMEOUT} s") from None
+    said = _said(err)
+    if proc.returncode == 0:
+        pairs = (entry.split("=", 1) for entry in out.decode(errors="replace").split("\0"))
+        return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+    if proc.returncode == 100:
+        raise ModuleLoadError(
+            f"modules [{names}] requested but no 'module' command is available (install Lmod or"
+            f" environment-modules, or name the file that defines it in {MODULE_INIT_ENV})"
         )
-    pairs = (
-        entry.split("=", 1) for entry in proc.stdout.decode(errors="replace").split("\0") if "=" in entry
-    )
-    return dict(pairs)
+    if proc.returncode == 101:
+        raise ModuleLoadError(f"module purge failed before loading [{names}]: {said}")
+    if proc.returncode == 102:
+        fields = out.decode(errors="replace").split("\0")
+        missing = dict(zip(fields[0:-1:2], fields[1::2], strict=True))
+        which = (
+            f"environment module {next(iter(missing))!r} is not available"
+            if len(missing) == 1
+            else f"environment modules {', '.join(map(repr, missing))} are not available"
+        )
+        failed = any(status != "0" for status in missing.values())
+        how = "module load failed" if failed else "module load exited 0 but did not load it"
+        raise ModuleLoadError(f"{which} ({how}: {said or 'no message'})")
+    status = out.decode(errors="replace") if proc.returncode == 103 else proc.returncode
+    raise ModuleLoadError(f"loading environment modules [{names}] failed (exit {status}): {said}")
 
 
 def _die_with_runner() -> None:
@@ -395,9 +493,18 @@ def run_chunk(run_dir: Path, chunk: str, environ: Mapping[str, str] | None = Non
     meta = {"chunk_id": chunk, "attempt": attempt, "start": _now(), "pid": os.getpid(), **ids}
     write_atomic(layout.attempt_meta(chunk, attempt), json.dumps(meta))
 
+    # The config's environment is set before the modules load (MODULEPATH may be in
+    # it) and again after: what the config says wins over what a module sets.
     env = {**environ, **plan.environment}
-    if plan.modules and environ.get("SLURM_JOB_ID"):
-        env = {**module_environment(list(plan.modules), env), **plan.environment}
+    if plan.modules:
+        try:
+            env = {**module_environment(plan.modules, env), **plan.environment}
+        except ModuleLoadError as exc:
+            # Recorded in the attempt's record, where the sync reads it: the chunk's job
+            # and every item it did not run get this message as their error.
+            print(f"ecod-jobs runner: chunk {chunk} cannot run: {exc}", file=sys.stderr)
+            write_atomic(layout.attempt_meta(chunk, attempt), json.dumps({**meta, "error": str(exc)}))
+            return 5
     env["ECOD_JOBS_CHUNK"] = chunk
     # Commands find this Python (the one ecod-jobs runs in) as `python` first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])

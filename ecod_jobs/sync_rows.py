@@ -118,6 +118,9 @@ def attempt_status(state: ChunkState, attempt: int, last_failed: bool) -> tuple[
         # its runner got through every item, yet the chunk ran again: SLURM
         # marked the array task failed although it finished (plugin issue #447)
         return "completed", None
+    if meta.get("error"):
+        # its runner could not run the chunk at all (environment modules) and said why
+        return "failed", str(meta["error"])
     if state.misrouted and (attempt == last or not meta):
         return "failed", state.misrouted
     if attempt < last or last_failed:
@@ -187,9 +190,10 @@ def unfinished_row(
         error = f"interrupted: run {run.run_id} died before this item finished"
     else:
         status, process_status, stage = "failed", "error", run.failed_stage
+        reason = state.misrouted or state.attempts.get(last, {}).get("error")
         error = (
-            f"not run: {state.misrouted}"
-            if state.misrouted
+            f"not run: {reason}"
+            if reason
             else f"not run: chunk {state.chunk_id} attempt {last} ended before reaching this item"
         )
     return JobItemRow(

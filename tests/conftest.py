@@ -1,4 +1,4 @@
-"""Shared fixtures: a real PostgreSQL (a scratch database per test) and the real SLURM cluster.
+"""Shared fixtures: a real PostgreSQL (a scratch database per test), the real SLURM cluster, Lmod.
 
 PostgreSQL: ``$ECOD_TEST_DATABASE_URL`` (``.ci/run`` points it at the machine's
 server), else an embedded server started for the session. With ``CI=true`` a
@@ -92,6 +92,14 @@ def slurm_cluster() -> None:
         missing_service(
             f"SLURM cluster is not up (scripts/slurm-cluster status):\n{status.stdout}{status.stderr}"
         )
+
+
+@pytest.fixture(scope="session")
+def module_system() -> None:
+    """Lmod, as scripts/module-system installs it: ``module`` in login and non-login shells."""
+    check = subprocess.run([str(REPO / "scripts/module-system"), "check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        missing_service(f"Lmod does not work (scripts/module-system check):\n{check.stderr}")
 
 
 ARTIFACTS = Path(os.environ.get("ECOD_TEST_ARTIFACTS", REPO / "test-artifacts"))

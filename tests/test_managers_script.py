@@ -136,6 +136,17 @@ def test_headers_options_and_defaults(tmp_path: Path) -> None:
 
 
 def test_modules_are_loaded_or_the_job_stops(tmp_path: Path) -> None:
+    # No module system of the machine's: neither one exported by a login shell, nor the
+    # files that define one (Lmod is installed here: scripts/module-system).
+    bare = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BASH_FUNC_", "BASH_ENV", "MODULESHOME"))
+    }
+    bare["ECOD_JOBS_MODULE_INIT"] = ""
+
+    def run_bare(script: str, path: str) -> subprocess.CompletedProcess[str]:
+        env = {**bare, "PATH": path}
+        return subprocess.run(["bash", script], capture_output=True, text=True, timeout=30, env=env)
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "module.log"
@@ -147,16 +158,16 @@ def test_modules_are_loaded_or_the_job_stops(tmp_path: Path) -> None:
     )
     try:
         script = manager.create_job_script(["echo ran"], "mods", tmp_path)
-        result = run(script, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        result = run_bare(script, f"{bin_dir}:{os.environ['PATH']}")
         assert result.returncode == 0 and result.stdout == "ran\n"
         assert log.read_text().splitlines() == ["purge", "load blast/2.13.0", "load hh suite"]
         # per-job modules replace the configured ones
         broken = manager.create_job_script(["echo ran"], "broken", tmp_path, modules=["broken"])
-        result = run(broken, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        result = run_bare(broken, f"{bin_dir}:{os.environ['PATH']}")
         assert result.returncode == 1 and "module load broken failed" in result.stderr
         assert result.stdout == ""
         # modules configured but no module command: stop, do not run with the wrong software
-        result = run(script, {"PATH": "/usr/bin:/bin"})
+        result = run_bare(script, "/usr/bin:/bin")
         assert result.returncode == 127 and result.stdout == ""
         assert "module command is missing" in result.stderr
         none = Path(manager.create_job_script(["true"], "none", tmp_path, modules=[])).read_text()

@@ -268,6 +268,33 @@ def test_missing_chunk_without_manifest() -> None:
     assert rows.settled == 0
 
 
+# --------------------------------------------------------------------------- could not run
+
+
+def test_chunk_that_could_not_run_fails_with_the_runners_reason() -> None:
+    """The runner could not run the chunk at all (its environment modules did not load) and
+    wrote why in its attempt record: the attempts and the items not run say so."""
+    reason = "environment module 'hhsuite/9.9' is not available (module load failed: ...)"
+    st = state({1: meta(1, error=reason), 2: meta(2, error=reason)}, [], finished=False)
+    going_on = chunk_rows(st, RUN, run_over=False)
+    # a record that says why is over, reported or not; its items wait for the run's word
+    assert jobs(going_on) == {1: ("failed", reason), 2: ("failed", reason)}
+    assert {r.status for r in going_on.item_rows()} == {"pending"}
+    rows = chunk_rows(st, RUN, run_over=False, reported_failed=True)
+    assert jobs(rows) == {1: ("failed", reason), 2: ("failed", reason)}
+    assert {(r.attempt, r.status, r.process_status, r.error) for r in rows.item_rows()} == {
+        (2, "failed", "error", f"not run: {reason}")
+    }
+    assert_settled_matches(rows)
+    # an earlier attempt's reason is not the last one's: that one was killed
+    killed = state({1: meta(1, error=reason), 2: meta(2)}, [], finished=False)
+    rows = chunk_rows(killed, RUN, run_over=True)
+    assert jobs(rows) == {1: ("failed", reason), 2: ("failed", "attempt 2 ended before finishing its chunk")}
+    assert {r.error for r in rows.item_rows()} == {
+        "not run: chunk c00000 attempt 2 ended before reaching this item"
+    }
+
+
 # --------------------------------------------------------------------------- misrouted
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..chunk_runner import module_init_script
 from ..config import memory_to_mb, seconds_to_time, time_to_seconds
 from ..exceptions import ConfigurationError, ValidationError
 
@@ -34,8 +35,6 @@ _JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # 1-10, 1,3,5-7, 0-20:2, with an optional %N throttle
 _ARRAY_RE = re.compile(r"^\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?$")
-# Where environment modules put the `module` function for non-login shells.
-_MODULE_INIT = ("/etc/profile.d/lmod.sh", "/etc/profile.d/modules.sh", "/usr/share/lmod/lmod/init/bash")
 
 
 def _memory(value: Any) -> str:
@@ -199,14 +198,9 @@ def render_script(
         "# the script stops at the first command that fails, with that command's exit status.",
     ]
     if modules:
-        inits = " ".join(shlex.quote(p) for p in _MODULE_INIT)
+        # `module` found as the chunk runner finds it (ECOD_JOBS_MODULE_INIT, MODULESHOME, ...)
+        body += ["", *module_init_script().splitlines()]
         body += [
-            "",
-            "if ! type module >/dev/null 2>&1; then",
-            f"    for __ecod_init in {inits}; do",
-            '        if [ -r "$__ecod_init" ]; then . "$__ecod_init"; break; fi',
-            "    done",
-            "fi",
             "if ! type module >/dev/null 2>&1; then",
             "    echo '[ecod-jobs] environment modules are configured but the module command is missing' >&2",
             "    exit 127",
