@@ -30,6 +30,7 @@ _EXPORTS = {
     "Job": ".models",
     "JobItem": ".models",
     "BatchResult": ".launch",
+    "Head": ".head",
     "run_batch": ".launch",
 }
 
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseJobManager",
     "ECODError",
+    "Head",
     "Job",
     "JobError",
     "JobExecutionError",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         JobSubmissionError,
         ValidationError,
     )
+    from .head import Head
     from .launch import BatchResult, run_batch
     from .managers import DatabaseJobManager, JobManager, LocalJobManager, SlurmJobManager, create_job_manager
     from .models import Job, JobItem
