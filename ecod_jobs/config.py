@@ -640,6 +640,10 @@ class JobTypeSpec:
     check_inputs: bool = True
     outputs: Mapping[str, str] = dataclass_field(default_factory=dict)  # file type -> template
     metrics: tuple[str, ...] = ()  # the numbers its command reports
+    # its own list replaces the top-level one: each stage names the tools it needs
+    modules: tuple[str, ...] = ()
+    # the top-level variables, then its own over them
+    environment: Mapping[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def mem_mb(self) -> int:
@@ -688,4 +692,6 @@ def job_type_spec(config: Mapping[str, Any], name: str | None = None) -> JobType
         check_inputs=bool(spec.get("check_inputs", True)),
         outputs=dict(spec.get("outputs") or {}),
         metrics=tuple(spec.get("metrics") or ()),
+        modules=tuple(spec["modules"] if spec.get("modules") is not None else config.get("modules") or ()),
+        environment={**(config.get("environment") or {}), **(spec.get("environment") or {})},
     )

@@ -453,7 +453,7 @@ def _stage_plan(
         retry_failed=plan.retry_failed,
         output_dir=plan.base_path,
         base_path=plan.base_path,
-        **job_fields(config, spec),
+        **job_fields(spec),
         items=sum(len(g) for g in groups),
         chunks=tuple(PlannedChunk(c, len(g), j) for c, g, j in zip(chunk_ids, groups, job_ids, strict=True)),
         pipeline=pipeline.name,

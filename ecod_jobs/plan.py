@@ -137,7 +137,7 @@ def plan_run(
             retry_failed=retry_failed,
             output_dir=str(output_dir),
             base_path=batch.base_path,
-            **job_fields(config, spec),
+            **job_fields(spec),
             items=len(rows),
             chunks=tuple(
                 PlannedChunk(chunk_id(i), size, job_id)
@@ -150,8 +150,8 @@ def plan_run(
     return plan
 
 
-def job_fields(config: Mapping[str, Any], spec: JobTypeSpec) -> dict[str, Any]:
-    """A plan's fields that come from its job type and the config (what the runner runs)."""
+def job_fields(spec: JobTypeSpec) -> dict[str, Any]:
+    """A plan's fields that come from its job type, config defaults resolved (what the runner runs)."""
     return {
         "job_type": spec.name,
         "command": spec.command,
@@ -159,8 +159,8 @@ def job_fields(config: Mapping[str, Any], spec: JobTypeSpec) -> dict[str, Any]:
         "stage": spec.stage,
         "item_timeout": spec.item_timeout,
         "check_inputs": spec.check_inputs,
-        "modules": tuple(config.get("modules") or ()),
-        "environment": dict(config.get("environment") or {}),
+        "modules": spec.modules,
+        "environment": dict(spec.environment),
         "spec": {**asdict(spec), "time": seconds_to_time(time_to_seconds(spec.time))},
     }
 

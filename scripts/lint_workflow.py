@@ -31,12 +31,12 @@ SNAKEFILE = REPO / "workflow" / "Snakefile"
 # (what, lint title) -> why it stays. "what" is "rule NAME" or "snakefile PATH"
 # (relative to the repository).
 _CHUNK_REASON = (
-        "the chunk rule runs ecod-jobs' own runner from the environment the workflow was started in "
-        "(a shared-filesystem virtualenv on a cluster), and a job type's software comes from its "
-        "`modules` or its command; an environment file we cannot test here would be a promise we do "
-        "not keep, and a `run:` rule (which silences the lint) costs a Snakemake process per chunk. "
-        "A conda or container directive would also make the ecod-slurm executor submit each chunk as a "
-        "job of its own rather than as array tasks."
+    "the chunk rule runs ecod-jobs' own runner from the environment the workflow was started in "
+    "(a shared-filesystem virtualenv on a cluster), and a job type's software comes from its "
+    "`modules` or its command; an environment file we cannot test here would be a promise we do "
+    "not keep, and a `run:` rule (which silences the lint) costs a Snakemake process per chunk. "
+    "A conda or container directive would also make the ecod-slurm executor submit each chunk as a "
+    "job of its own rather than as array tasks."
 )
 ALLOWED: dict[tuple[str, str], str] = {
     ("rule chunk", "Specify a conda environment or container for each rule."): _CHUNK_REASON,

@@ -184,6 +184,32 @@ def test_job_type_spec_inherits_pipeline_defaults(tmp_path: Path) -> None:
         job_type_spec(cfg, "hh")
 
 
+def test_job_type_modules_replace_and_environment_extends_the_top_level(tmp_path: Path) -> None:
+    from ecod_jobs.plan import job_fields
+
+    text = SEED_EXAMPLE + (
+        "environment:\n  BLASTDB: /db/blast\n  TMPDIR: /scratch\n"
+        "job_types:\n"
+        "  blast:\n    command: b {path}\n"
+        "  hhsearch:\n    command: h {path}\n    modules: [hhsuite/3.3.0]\n"
+        "    environment: {HHLIB: /opt/hh, TMPDIR: /local}\n"
+        "  bare:\n    command: x {path}\n    modules: []\n"
+    )
+    cfg = load_config(write(tmp_path / "c.yml", text), environ={})
+    blast, hh, bare = (job_type_spec(cfg, name) for name in ("blast", "hhsearch", "bare"))
+    assert blast.modules == ("bioinfo", "blast/2.13.0", "python/3.9")
+    assert dict(blast.environment) == {"BLASTDB": "/db/blast", "TMPDIR": "/scratch"}
+    assert hh.modules == ("hhsuite/3.3.0",)
+    assert dict(hh.environment) == {"BLASTDB": "/db/blast", "TMPDIR": "/local", "HHLIB": "/opt/hh"}
+    assert bare.modules == ()  # an empty list loads nothing, not the top-level ones
+    # what the chunk runner is given
+    fields = job_fields(hh)
+    assert (fields["modules"], fields["environment"]) == (hh.modules, dict(hh.environment))
+    bad = write(tmp_path / "bad.yml", text.replace("modules: [hhsuite/3.3.0]", "modules: hhsuite"))
+    with pytest.raises(ConfigurationError, match=r"job_types\.hhsearch\.modules"):
+        load_config(bad, environ={})
+
+
 def test_cli_config_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     bad = write(tmp_path / "c.yml", "pipeline:\n  default_memory: lots\n")
     result = run_cli("--config", str(bad), "config", "validate")

@@ -138,12 +138,19 @@ def test_local_run_loads_the_module_or_fails_naming_it(
     assert result.by_status == {"success": 4, "error": 1}  # item 3 has no input file
     assert (tmp_path / "echo" / "4.out").read_text() == "ecodtool 1.0 item 4\n"
 
-    # The same job type asking for a version that is not there: every chunk fails
-    # before running an item, and the message names the module everywhere.
-    broken = {**extra, "modules": ["ecodtool/9.9"]}
+    # The job type asking for a version that is not there (its own `modules` replace the
+    # top-level ones): every chunk fails before running an item, and the message names
+    # the module everywhere.
     (tmp_path / "broken").mkdir()
     cfg, batch = setup_batch(
-        tmp_path / "broken", scratch_db, n=3, batch_size=2, command=COMMAND, extra=broken, name="broken"
+        tmp_path / "broken",
+        scratch_db,
+        n=3,
+        batch_size=2,
+        command=COMMAND,
+        extra=extra,
+        options={"modules": ["ecodtool/9.9"]},
+        name="broken",
     )
     result = run_batch(batch, profile="local", config_path=cfg, cores=2)
     assert result.returncode != 0 and result.by_status == {"error": 3}
