@@ -38,11 +38,10 @@ from psycopg2 import sql
 from . import run_record
 from .db import Database, require_batch
 from .db.bulk import copy_rows
-from .exceptions import ValidationError
 from .layout import RunLayout, read_jsonl, sync_filesystem, write_atomic, write_jsonl_atomic, write_unsynced
 from .ownership import database_id
 from .pipelines import RUN_IF_SKIPPED, PipelineSpec, StageSpec
-from .plan import insert_chunk_jobs, job_fields, mark_batch_processing, resolve_item_path
+from .plan import insert_chunk_jobs, job_fields, make_output_dir, mark_batch_processing, resolve_item_path
 from .plan_file import Plan, PlannedChunk, manifest_line
 
 log = logging.getLogger(__name__)
@@ -177,14 +176,7 @@ def plan_pipeline(
     batch = require_batch(db, batch_id)
     base = base_path_for(config, batch)
     this_database = database_id(db)
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValidationError(
-            f"batch {batch_id}: cannot use the base path {base} ({exc.strerror or exc}): it must be a"
-            " writable directory",
-            {"batch_id": batch_id},
-        ) from None
+    make_output_dir(base, batch_id, batch.base_path)
     states = item_stage_states(db, batch_id, pipeline)
     items = db.query(
         sql.SQL(

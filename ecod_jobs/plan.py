@@ -107,14 +107,7 @@ def plan_run(
     this_database = database_id(db)
     # Before the items move: after the commit, a failure here would strand them in
     # 'processing' (a base path that is a regular file did).
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValidationError(
-            f"batch {batch_id}: cannot create the output directory {output_dir}"
-            f" ({exc.strerror or exc}); base path {batch.base_path!r} must be a writable directory",
-            {"batch_id": batch_id, "output_dir": str(output_dir)},
-        ) from None
+    make_output_dir(output_dir, batch_id, batch.base_path)
     with db.transaction() as cur:
         rows = _claim_items(cur, db, batch_id, statuses_needing_work(retry_failed))
         sizes = [len(rows[start : start + spec.batch_size]) for start in range(0, len(rows), spec.batch_size)]
@@ -148,6 +141,19 @@ def plan_run(
         plan.write(layout)
     log.info("planned run %s: %d items in %d chunks", layout.run_id, len(rows), len(sizes))
     return plan
+
+
+def make_output_dir(path: Path, batch_id: int, base_path: str) -> None:
+    """Create a run's output directory before its items are claimed, or say why not:
+    after the commit, a failure here would strand them in 'processing'."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(
+            f"batch {batch_id}: cannot create the output directory {path}"
+            f" ({exc.strerror or exc}); base path {base_path!r} must be a writable directory",
+            {"batch_id": batch_id, "output_dir": str(path)},
+        ) from None
 
 
 def job_fields(spec: JobTypeSpec) -> dict[str, Any]:
