@@ -148,3 +148,63 @@ def test_pipeline_stages_run_as_job_arrays_with_their_own_resources(
             asked[slurm_id],
         )
     assert {asked[j[3]][2] for j in jobs if j[0] == "deep"} == {PARTITION}
+
+
+def test_a_stage_of_160_chunks_finishes_each_item_stage_once(
+    tmp_path: Path, scratch_db: dict[str, Any], pg_conn: Any, slurm_cluster: None
+) -> None:
+    """At the size where the plugin's arrays once broke (about 65 tasks): a stage of 160
+    one-item chunks in one window, so in arrays of more than 65 tasks, then a fan-in stage
+    over them. Every item-stage runs once, each chunk in an array task of its own."""
+    n, summary_size = 160, 40
+    (tmp_path / "stage.sh").write_text(STAGE_SCRIPT)
+
+    def job(stage: str, size: int) -> dict[str, Any]:
+        return {
+            "command": f"sh {tmp_path}/stage.sh {stage} {{item_id}} {{out[{stage}_result]}}",
+            "outputs": {f"{stage}_result": f"out/{stage}/{{stem}}.txt"},
+            "stage": f"{stage}_complete",
+            "batch_size": size,
+            "memory": "100M",
+            "time": "00:05:00",
+            "check_inputs": False,
+        }
+
+    cfg = write_config(
+        tmp_path / "config.yml",
+        {
+            "database": scratch_db,
+            "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
+            "job_types": {"chain": job("chain", 1), "summary": job("summary", summary_size)},
+            "pipelines": {
+                "wide": {"stages": {"chain": {}, "summary": {"after": ["chain"]}}, "window_size": n}
+            },
+        },
+    )
+    (tmp_path / "base").mkdir()
+    items = write_items(tmp_path / "items.tsv", [f"data/chain{i}.fa" for i in range(1, n + 1)])
+    created = run_cli(
+        "--config", str(cfg), "batch", "create", "--name", "w", "--items", str(items),
+        "--base-path", str(tmp_path / "base"),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    result = run_cli(
+        "--config", str(cfg), "run", "--batch", "1", "--pipeline", "wide", "--profile", "slurm", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert ran(tmp_path) == Counter({(s, i): 1 for s in ("chain", "summary") for i in range(1, n + 1)})
+    assert Counter(q(pg_conn, "SELECT stage, status FROM ecod_schema.ecod_jobs_item_stage")) == {
+        ("chain", "success"): n,
+        ("summary", "success"): n,
+    }
+    assert set(q(pg_conn, "SELECT status, current_stage FROM ecod_schema.process_status")) == {
+        ("success", "summary_complete")
+    }
+    jobs = q(pg_conn, "SELECT job_type, status, slurm_job_id FROM ecod_schema.job")
+    assert Counter(j[0] for j in jobs) == {"chain": n, "summary": n // summary_size}
+    assert {j[1] for j in jobs} == {"completed"}
+    chain_tasks = [j[2] for j in jobs if j[0] == "chain"]
+    assert len(set(chain_tasks)) == n and all(t and "_" in t for t in chain_tasks), "a task per chunk"
+    arrays = Counter(t.split("_")[0] for t in chain_tasks)
+    assert max(arrays.values()) > 65, arrays
