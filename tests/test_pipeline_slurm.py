@@ -6,6 +6,8 @@ stage for the items with low coverage, and a summary over whatever ran (fan-in).
 stage asks for its own memory and time (the summary's memory and the gated stage's
 partition are the pipeline stage's overrides of its job type's), so no array can hold
 chunks of two stages.
+
+Then the scale a real batch has: a stage of 160 one-item chunks, and a fan-in after it.
 """
 
 from __future__ import annotations
