@@ -129,6 +129,23 @@ def write_items(path: Path, paths: list[str]) -> Path:
     return path
 
 
+def stage_job(script_dir: Path, stage: str, batch_size: int, **extra: Any) -> dict[str, Any]:
+    """The job type of a pipeline test's stage: ``sh script_dir/stage.sh STAGE ITEM OUT`` in
+    chunks of ``batch_size``, writing file type ``STAGE_result`` and reporting ``coverage``
+    (100M, 5 minutes, no input check; ``extra`` overrides)."""
+    return {
+        "command": f"sh {script_dir}/stage.sh {stage} {{item_id}} {{out[{stage}_result]}}",
+        "outputs": {f"{stage}_result": f"out/{stage}/{{stem}}.txt"},
+        "metrics": ["coverage"],
+        "stage": f"{stage}_complete",
+        "batch_size": batch_size,
+        "memory": "100M",
+        "time": "00:05:00",
+        "check_inputs": False,
+        **extra,
+    }
+
+
 def add_batch(cfg: Path, tmp_path: Path, name: str, paths: list[str]) -> int:
     """Register one more batch named ``name`` (items file ``{name}.tsv`` listing ``paths``,
     base path ``tmp_path``) under the config ``cfg`` of setup_batch."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import q, run_cli, write_config, write_items
+from helpers import q, run_cli, stage_job, write_config, write_items
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -42,16 +42,8 @@ echo "$stage $item" >> "$(dirname "$0")/ran.log"
 def pipeline_config(tmp_path: Path, database: dict[str, Any]) -> Path:
     def job(stage: str) -> dict[str, Any]:
         size, mem, minutes = STAGES[stage]
-        return {
-            "command": f"sh {tmp_path}/stage.sh {stage} {{item_id}} {{out[{stage}_result]}}",
-            "outputs": {f"{stage}_result": f"out/{stage}/{{stem}}.txt"},
-            "metrics": ["coverage"],
-            "stage": f"{stage}_complete",
-            "batch_size": size,
-            "memory": "100M" if stage == "summary" else f"{mem}M",  # summary: the stage's override
-            "time": f"00:{minutes:02d}:00",
-            "check_inputs": False,
-        }
+        memory = "100M" if stage == "summary" else f"{mem}M"  # summary: the stage's override
+        return stage_job(tmp_path, stage, size, memory=memory, time=f"00:{minutes:02d}:00")
 
     stages = {
         "chain": {},
@@ -161,23 +153,15 @@ def test_a_stage_of_160_chunks_finishes_each_item_stage_once(
     n, summary_size = 160, 40
     (tmp_path / "stage.sh").write_text(STAGE_SCRIPT)
 
-    def job(stage: str, size: int) -> dict[str, Any]:
-        return {
-            "command": f"sh {tmp_path}/stage.sh {stage} {{item_id}} {{out[{stage}_result]}}",
-            "outputs": {f"{stage}_result": f"out/{stage}/{{stem}}.txt"},
-            "stage": f"{stage}_complete",
-            "batch_size": size,
-            "memory": "100M",
-            "time": "00:05:00",
-            "check_inputs": False,
-        }
-
     cfg = write_config(
         tmp_path / "config.yml",
         {
             "database": scratch_db,
             "pipeline": {"work_root": str(tmp_path / "work"), "output_root": str(tmp_path / "results")},
-            "job_types": {"chain": job("chain", 1), "summary": job("summary", summary_size)},
+            "job_types": {
+                "chain": stage_job(tmp_path, "chain", 1),
+                "summary": stage_job(tmp_path, "summary", summary_size),
+            },
             "pipelines": {
                 "wide": {"stages": {"chain": {}, "summary": {"after": ["chain"]}}, "window_size": n}
             },

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import q, run_cli, start_cli, wait_for, write_config, write_items
+from helpers import q, run_cli, stage_job, start_cli, wait_for, write_config, write_items
 
 pytestmark = pytest.mark.slow
 
@@ -47,16 +47,7 @@ def make_batch(tmp_path: Path, database: dict[str, Any]) -> Path:
     (tmp_path / "base").mkdir()
 
     def job(stage: str, size: int) -> dict[str, Any]:
-        return {
-            "command": f"sh {tmp_path}/stage.sh {stage} {{item_id}} {{out[{stage}_result]}}",
-            "outputs": {f"{stage}_result": f"out/{stage}/{{stem}}.txt"},
-            "metrics": ["coverage"],
-            "stage": f"{stage}_complete",
-            "batch_size": size,
-            "memory": "100M",
-            "time": "00:10:00",
-            "check_inputs": False,
-        }
+        return stage_job(tmp_path, stage, size, time="00:10:00")
 
     cfg = write_config(
         tmp_path / "config.yml",
