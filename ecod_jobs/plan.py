@@ -105,8 +105,6 @@ def plan_run(
     output_dir = output_dir_for(config, batch, spec.name)
     # ties the run's files to this database: a work root may be shared (ownership.py)
     this_database = database_id(db)
-    # Before the items move: after the commit, a failure here would strand them in
-    # 'processing' (a base path that is a regular file did).
     make_output_dir(output_dir, batch_id, batch.base_path)
     with db.transaction() as cur:
         rows = _claim_items(cur, db, batch_id, statuses_needing_work(retry_failed))
@@ -145,7 +143,8 @@ def plan_run(
 
 def make_output_dir(path: Path, batch_id: int, base_path: str) -> None:
     """Create a run's output directory before its items are claimed, or say why not:
-    after the commit, a failure here would strand them in 'processing'."""
+    after the commit, a failure here would strand them in 'processing' (a base path
+    that is a regular file did)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
